@@ -1,0 +1,57 @@
+"""The builtin plugin. It is registered exactly like an external one: through these hooks."""
+
+from __future__ import annotations
+
+from automodel import hookimpl
+
+_B = "automodel.builtin"
+
+
+@hookimpl
+def register_model_loaders(register):
+    register("hf", f"{_B}.models:hf", description="transformers AutoModelForCausalLM (path, hub id or config)")
+
+
+@hookimpl
+def register_datasets(register):
+    register("instruction", f"{_B}.datasets:instruction", description="prompt/response pairs (json, jsonl, csv, parquet, hub)")
+    register("mock", f"{_B}.datasets:mock", description="random token sequences (benchmarks, smoke tests)")
+
+
+@hookimpl
+def register_losses(register):
+    register("masked_ce", f"{_B}.losses:MaskedCrossEntropy", description="cross-entropy over label tokens")
+
+
+@hookimpl
+def register_parallelizers(register):
+    register("ddp", f"{_B}.parallel:DDP", description="torch DistributedDataParallel on dp_replicate")
+
+
+@hookimpl
+def register_optimizers(register):
+    register("adamw", f"{_B}.optim:adamw")
+    register("sgd", f"{_B}.optim:sgd")
+
+
+@hookimpl
+def register_lr_schedulers(register):
+    register("constant", f"{_B}.optim:constant")
+    register("cosine", f"{_B}.optim:cosine")
+    register("linear", f"{_B}.optim:linear")
+
+
+@hookimpl
+def register_checkpointers(register):
+    register("default", f"{_B}.checkpoint:Checkpointer", description="DCP training state + safetensors export")
+
+
+@hookimpl
+def register_launchers(register):
+    register("local", f"{_B}.launchers:LocalLauncher", description="this machine: in-process or torchrun")
+
+
+@hookimpl
+def register_loggers(register):
+    register("console", f"{_B}.loggers:ConsoleLogger", description="progress line on stdout")
+    register("jsonl", f"{_B}.loggers:JsonlLogger", description="<output_dir>/metrics.jsonl")

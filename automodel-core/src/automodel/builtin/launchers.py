@@ -1,0 +1,34 @@
+"""The ``local`` launcher: train in this process, or under torchrun for several processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+
+class LocalLauncher:
+    """Run on this machine. One process trains in-process; more are started with torchrun
+    (``--standalone``), each running ``automodel run`` on the saved resolved config."""
+
+    def __init__(self, nproc_per_node: int = 1):
+        self.nproc_per_node = nproc_per_node
+        self.world_size = nproc_per_node
+
+    def launch(self, job: Any) -> int:
+        if self.nproc_per_node == 1:
+            from automodel.train import train
+
+            train(job.config, job.plugins)
+            return 0
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc_per_node}"]
+        cmd += job.worker_command()
+        print(f"launching {self.nproc_per_node} processes: {' '.join(cmd[1:])}", flush=True)
+        return subprocess.call(cmd, env=job.worker_env())
+
+    @staticmethod
+    def validate_args(args: dict[str, Any]) -> list[tuple[str, str, str]]:
+        n = args.get("nproc_per_node", 1)
+        if isinstance(n, int) and n < 1:
+            return [("nproc_per_node", f"must be >= 1, got {n}", "")]
+        return []

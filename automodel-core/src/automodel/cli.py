@@ -1,0 +1,189 @@
+"""The ``automodel`` command line. Importing this module does not import torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from automodel import __version__
+from automodel.errors import AutomodelError
+
+
+class AutomodelGroup(click.Group):
+    """A click group that adds the plugins' commands (``register_commands``) on first use."""
+
+    _plugin_commands_loaded = False
+
+    def _load_plugin_commands(self) -> None:
+        if self._plugin_commands_loaded:
+            return
+        self._plugin_commands_loaded = True
+        from automodel.plugins import load_plugins
+
+        try:
+            load_plugins().hook.register_commands(cli=self)
+        except AutomodelError:
+            pass  # reported by the command that needs the plugins
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_plugin_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, name)
+        if cmd is None:
+            self._load_plugin_commands()
+            cmd = super().get_command(ctx, name)
+        return cmd
+
+
+@click.group(cls=AutomodelGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="automodel")
+@click.option("--debug", is_flag=True, envvar="AUTOMODEL_DEBUG", help="Show full tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Fine-tune Hugging Face LLMs with PyTorch, extended by plugins.
+
+    \b
+    automodel run cfg.yaml optimizer.lr=3e-4 step_scheduler.max_steps=100
+    automodel validate cfg.yaml
+    automodel plugins
+    """
+    ctx.obj = {"debug": debug}
+
+
+plugin_option = click.option(
+    "--plugin", "plugin_modules", multiple=True, metavar="MODULE",
+    help="Load a local plugin module (importable from the current directory). Repeatable.",
+)
+
+
+def _prepare(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str, ...], world_size: int | None = None) -> tuple[dict[str, Any], Any]:
+    """Load, override, load plugins, validate. Returns (resolved config, plugins)."""
+    from automodel import config as config_mod
+    from automodel.plugins import load_plugins
+
+    raw = config_mod.load(config_path, overrides)
+    local = list(plugin_modules) + [m for m in raw.get("plugins") or [] if isinstance(m, str)]
+    plugins = load_plugins(local)
+    plugins.raise_on_failures()
+    cfg = config_mod.resolve(raw, plugins, source=config_path, world_size=world_size)
+    return cfg, plugins
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@plugin_option
+def run(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str, ...]) -> None:
+    """Validate CONFIG (with overrides) and train, through the configured launcher."""
+    from automodel import config as config_mod
+    from automodel.launch import Job, in_worker
+
+    if in_worker():
+        cfg, plugins = _prepare(config_path, overrides, plugin_modules, world_size=int(os.environ.get("WORLD_SIZE", 1)))
+        from automodel.train import train
+
+        train(cfg, plugins)
+        return
+    cfg, plugins = _prepare(config_path, overrides, plugin_modules)
+    out = Path(cfg["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "config.yaml"
+    saved.write_text(config_mod.dump(cfg))
+    launcher = config_mod.build_component(plugins, "launchers", cfg["launcher"])
+    code = launcher.launch(Job(cfg, saved.resolve(), list(plugin_modules), plugins))
+    sys.exit(code)
+
+
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@plugin_option
+@click.option("--print", "print_config", is_flag=True, help="Print the resolved config.")
+def validate(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str, ...], print_config: bool) -> None:
+    """Check CONFIG without training: sections, components, arguments, types, sizes, files."""
+    from automodel import config as config_mod
+
+    cfg, plugins = _prepare(config_path, overrides, plugin_modules)
+    if print_config:
+        click.echo(config_mod.dump(cfg))
+    parts = [f"model={cfg['model'].get('name', cfg['model'].get('_target_'))}"]
+    parts += [f"parallel={'+'.join(p.get('name', '?') for p in cfg['parallel']) or 'none'}"]
+    parts += [f"loss={cfg['loss'].get('name', '_target_')}", f"launcher={cfg['launcher'].get('name', '_target_')}"]
+    click.echo(f"{config_path}: OK ({', '.join(parts)})")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--check", is_flag=True, help="Also import every registered component and check plugin requirements.")
+@plugin_option
+def plugins(as_json: bool, check: bool, plugin_modules: tuple[str, ...]) -> None:
+    """List plugins, their versions and what they register."""
+    from automodel.plugins import load_plugins
+
+    loaded = load_plugins(plugin_modules)
+    problems: list[str] = []
+    if check:
+        for entry in loaded.registry.entries():
+            try:
+                entry.resolve()
+            except AutomodelError as e:
+                problems.append(f"{entry.plugin}: {e}")
+        for info in loaded.infos:
+            plugin = loaded.pm.get_plugin(info.name)
+            doctor = getattr(plugin, "check_requirements", None)
+            if callable(doctor):
+                problems += [f"{info.name}: {msg}" for msg in doctor() or []]
+        problems += [f"{i.name}: failed to import: {i.error}" for i in loaded.failed]
+    if as_json:
+        data = [
+            {
+                "name": i.name, "module": i.module, "source": i.source, "distribution": i.dist,
+                "version": i.version, "error": i.error, "registers": i.registers, "hooks": i.hooks,
+            }
+            for i in loaded.infos
+        ]
+        click.echo(json.dumps({"plugins": data, "problems": problems} if check else data, indent=2))
+    else:
+        for i in loaded.infos:
+            version = f"{i.dist} {i.version}" if i.dist else i.source
+            click.echo(f"{i.name}  ({version}, {i.source})")
+            if i.error:
+                click.echo(f"    FAILED TO IMPORT: {i.error}")
+            for kind, names in i.registers.items():
+                click.echo(f"    {kind}: {', '.join(names)}")
+            lifecycle = [h for h in i.hooks if h.startswith("on_") or h == "register_commands"]
+            if lifecycle:
+                click.echo(f"    hooks: {', '.join(lifecycle)}")
+        if check:
+            click.echo("\n" + ("\n".join(f"problem: {p}" for p in problems) if problems else "all plugins OK"))
+    if check and problems:
+        sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors print one screen and exit 2 (tracebacks with --debug)."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or bool(os.environ.get("AUTOMODEL_DEBUG"))
+    try:
+        cli.main(args=args, prog_name="automodel", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except AutomodelError as e:
+        if debug:
+            raise
+        click.echo(f"error: {e}", err=True)
+        click.echo("(run with --debug for the full traceback)", err=True)
+        sys.exit(e.exit_code)

@@ -1,0 +1,432 @@
+"""YAML config: load, override, interpolate, fill defaults and validate against factory signatures.
+
+Everything here runs before any heavy import or process launch. Problems are collected and raised
+together as one :class:`~automodel.errors.ConfigError` naming the file, the key path and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+import re
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from automodel.errors import AutomodelError, ConfigError, Problem, did_you_mean
+from automodel.registry import KINDS, import_target
+from automodel.state import StepScheduler
+
+if typing.TYPE_CHECKING:
+    from automodel.plugins import Plugins
+
+
+@dataclass(frozen=True)
+class Component:
+    """A section naming one registered component (``name:``) or a ``_target_``."""
+
+    kind: str
+    default: dict[str, Any] | None = None  # None: required
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class ComponentList:
+    kind: str
+    default: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Scalar:
+    type: Any
+    default: Any
+
+
+#: Top-level sections. Keep docs/config.md in step with this table.
+SECTIONS: dict[str, Any] = {
+    "seed": Scalar(int, 1234),
+    "output_dir": Scalar(str, "runs/default"),
+    "device": Scalar(typing.Literal["auto", "cpu", "cuda"], "auto"),
+    "clip_grad_norm": Scalar(typing.Optional[float], 1.0),
+    "plugins": Scalar(list[str], []),
+    "model": Component("model_loaders"),
+    "dataset": Component("datasets"),
+    "validation_dataset": Component("datasets", optional=True),
+    "transforms": ComponentList("model_transforms"),
+    "parallel": ComponentList("parallelizers"),
+    "loss": Component("losses", {"name": "masked_ce"}),
+    "optimizer": Component("optimizers", {"name": "adamw", "lr": 1.0e-4}),
+    "lr_scheduler": Component("lr_schedulers", {"name": "constant"}),
+    "step_scheduler": StepScheduler,
+    "checkpoint": Component("checkpointers", {"name": "default"}),
+    "launcher": Component("launchers", {"name": "local"}),
+    "loggers": ComponentList("loggers", ({"name": "console"}, {"name": "jsonl"})),
+}
+
+#: Leading arguments the core passes itself to each kind's factory (never set from YAML).
+SUPPLIED: dict[str, tuple[str, ...]] = {
+    "model_loaders": ("ctx",),
+    "datasets": ("ctx", "tokenizer"),
+    "optimizers": ("params",),
+    "lr_schedulers": ("optimizer", "total_steps"),
+    "checkpointers": ("ctx",),
+    "loggers": ("ctx",),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading: YAML, overrides, interpolation
+# --------------------------------------------------------------------------------------------------
+
+
+def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            [Problem("", f"config file not found: {path}", "check the path; example: examples/quickstart/config.yaml")]
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError([Problem("", f"invalid YAML{where}: {getattr(e, 'problem', e)}")], str(path)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([Problem("", f"the top level must be a mapping of sections, got {type(data).__name__}")], str(path))
+    return data
+
+
+def _walk_to(cfg: Any, parts: list[str], create: bool, full: str) -> tuple[Any, str | int]:
+    node = cfg
+    for i, part in enumerate(parts[:-1]):
+        key = _index(node, part, full)
+        if isinstance(node, dict) and key not in node:
+            if not create:
+                raise ConfigError([Problem(full, f"'{'.'.join(parts[: i + 1])}' does not exist")])
+            node[key] = {}
+        node = node[key]
+    return node, _index(node, parts[-1], full)
+
+
+def _index(node: Any, part: str, full: str) -> str | int:
+    if isinstance(node, list):
+        if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+            raise ConfigError([Problem(full, f"list index '{part}' is out of range (the list has {len(node)} items)")])
+        return int(part)
+    if isinstance(node, dict):
+        return part
+    raise ConfigError([Problem(full, f"cannot index into a {type(node).__name__} with '{part}'")])
+
+
+def apply_overrides(cfg: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` (YAML-typed), ``list.0.key=value`` and ``~a.b`` (delete) overrides."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        if item.startswith("~"):
+            parts = item[1:].split(".")
+            node, key = _walk_to(cfg, parts, create=False, full=item)
+            if isinstance(node, dict) and key not in node:
+                raise ConfigError([Problem(item, f"cannot delete '{item[1:]}': it is not set")])
+            del node[key]
+            continue
+        if "=" not in item:
+            raise ConfigError([Problem(item, "overrides look like key.path=value or ~key.path", f"did you mean {item}=...?")])
+        path, _, raw = item.partition("=")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        node, key = _walk_to(cfg, path.strip().split("."), create=True, full=path)
+        node[key] = value
+    return cfg
+
+
+_INTERP = re.compile(r"\$\{(env:([A-Za-z_][A-Za-z0-9_]*)(?:,([^}]*))?|cfg_dir)\}")
+
+
+def interpolate(cfg: Any, cfg_dir: str, problems: list[Problem], key: str = "") -> Any:
+    """Replace ``${env:VAR}``, ``${env:VAR,default}`` and ``${cfg_dir}`` in every string."""
+    if isinstance(cfg, dict):
+        return {k: interpolate(v, cfg_dir, problems, f"{key}.{k}" if key else str(k)) for k, v in cfg.items()}
+    if isinstance(cfg, list):
+        return [interpolate(v, cfg_dir, problems, f"{key}.{i}") for i, v in enumerate(cfg)]
+    if not isinstance(cfg, str) or "${" not in cfg:
+        return cfg
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1) == "cfg_dir":
+            return cfg_dir
+        var, default = m.group(2), m.group(3)
+        if var in os.environ:
+            return os.environ[var]
+        if default is not None:
+            return default
+        problems.append(Problem(key, f"environment variable {var} is not set", f"export {var}=... or write ${{env:{var},default}}"))
+        return ""
+
+    out = _INTERP.sub(sub, cfg)
+    if _INTERP.fullmatch(cfg) and m_is_env(cfg):
+        try:
+            return yaml.safe_load(out) if out else out
+        except yaml.YAMLError:
+            return out
+    return out
+
+
+def m_is_env(text: str) -> bool:
+    return text.startswith("${env:")
+
+
+# --------------------------------------------------------------------------------------------------
+# Type checking against annotations
+# --------------------------------------------------------------------------------------------------
+
+_NAMESPACE = {**vars(typing), "Path": Path, "NoneType": type(None)}
+
+
+def _annotation(raw: Any) -> Any:
+    if isinstance(raw, str):
+        try:
+            return eval(raw, dict(_NAMESPACE))  # annotations of our own factories: simple types only
+        except Exception:
+            return Any
+    return raw
+
+
+def type_ok(value: Any, ann: Any) -> bool:
+    """Whether a YAML value fits an annotation. Unknown annotations accept anything."""
+    ann = _annotation(ann)
+    if ann is Any or ann is inspect.Parameter.empty:
+        return True
+    if ann is None or ann is type(None):
+        return value is None
+    origin = typing.get_origin(ann)
+    if origin is typing.Union or origin is types.UnionType:
+        return any(type_ok(value, a) for a in typing.get_args(ann))
+    if origin is typing.Literal:
+        return value in typing.get_args(ann)
+    if origin in (list, Sequence, tuple, typing.Sequence) or ann in (list, tuple):
+        if not isinstance(value, list):
+            return False
+        args = [a for a in typing.get_args(ann) if a is not Ellipsis]
+        return len(args) != 1 or all(type_ok(v, args[0]) for v in value)
+    if origin is dict or ann is dict:
+        return isinstance(value, dict)
+    if ann is bool:
+        return isinstance(value, bool)
+    if ann is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if ann is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ann is str or ann is Path:
+        return isinstance(value, str)
+    return True
+
+
+def describe(ann: Any) -> str:
+    ann = _annotation(ann)
+    if isinstance(ann, type):
+        return ann.__name__
+    return str(ann).replace("typing.", "")
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------------
+
+
+def _signature(factory: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(factory)
+    except (TypeError, ValueError):
+        return None
+
+
+def check_arguments(
+    factory: Callable[..., Any], args: dict[str, Any], key: str, supplied: Sequence[str] = ()
+) -> list[Problem]:
+    """Check YAML ``args`` against ``factory``'s signature: unknown keys, types, missing arguments."""
+    sig = _signature(factory)
+    if sig is None:
+        return []
+    params = dict(sig.parameters)
+    # The core passes the leading arguments itself (ctx, tokenizer, params, ...).
+    positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    for p in positional[: len([s for s in supplied if s != "total_steps"])]:
+        params.pop(p.name)
+    for name in supplied:
+        params.pop(name, None)
+    accepts_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    named = {n: p for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    problems = []
+    for arg, value in args.items():
+        param = named.get(arg)
+        if param is None:
+            if not accepts_any:
+                close = did_you_mean(str(arg), named)
+                hint = f"did you mean '{close}'?" if close else f"valid keys: {', '.join(sorted(named)) or 'none'}"
+                problems.append(Problem(f"{key}.{arg}", "unknown key", hint))
+            continue
+        if not type_ok(value, param.annotation):
+            problems.append(
+                Problem(
+                    f"{key}.{arg}",
+                    f"expected {describe(param.annotation)}, got {type(value).__name__} {value!r}",
+                )
+            )
+    for name, param in named.items():
+        if param.default is inspect.Parameter.empty and name not in args:
+            problems.append(Problem(f"{key}.{name}", "missing required argument", f"add {name}: <{describe(param.annotation)}>"))
+    check = getattr(factory, "validate_args", None)
+    if callable(check) and not problems:
+        for sub, message, hint in check(dict(args)):
+            problems.append(Problem(f"{key}.{sub}" if sub else key, message, hint or None))
+    return problems
+
+
+def _component_factory(
+    plugins: Plugins, kind: str, section: Any, key: str, problems: list[Problem]
+) -> tuple[Callable[..., Any] | None, dict[str, Any]]:
+    """Resolve a component section to (factory, args); record problems instead of raising."""
+    if not isinstance(section, dict):
+        problems.append(Problem(key, f"expected a mapping with 'name:' (a registered {KINDS[kind][1]}) or '_target_:', got {section!r}"))
+        return None, {}
+    args = {k: v for k, v in section.items() if k not in ("name", "_target_")}
+    try:
+        if "_target_" in section:
+            if "name" in section:
+                problems.append(Problem(key, "give either 'name' or '_target_', not both"))
+                return None, args
+            return import_target(str(section["_target_"]), what=f"{key}._target_"), args
+        if "name" not in section:
+            problems.append(Problem(key, f"missing 'name' (a registered {KINDS[kind][1]})", f"installed: {', '.join(plugins.registry.names(kind))}"))
+            return None, args
+        return plugins.registry.get(kind, str(section["name"]), key=f"{key}.name").resolve(), args
+    except AutomodelError as e:
+        problems.append(Problem("", str(e)))
+        return None, args
+
+
+def resolve(
+    raw: dict[str, Any], plugins: Plugins, source: str | None = None, world_size: int | None = None
+) -> dict[str, Any]:
+    """Fill defaults and validate every section. Returns the resolved config or raises ConfigError.
+
+    ``world_size`` is the number of processes when known (inside a launched worker); otherwise it is
+    asked from the launcher.
+    """
+    problems: list[Problem] = []
+    cfg: dict[str, Any] = {}
+    for key in raw:
+        if key not in SECTIONS:
+            close = did_you_mean(str(key), SECTIONS)
+            hint = f"did you mean '{close}'?" if close else f"valid sections: {', '.join(SECTIONS)}"
+            problems.append(Problem(str(key), "unknown section", hint))
+
+    for key, spec in SECTIONS.items():
+        value = copy.deepcopy(raw.get(key))
+        if isinstance(spec, Scalar):
+            value = copy.deepcopy(spec.default) if key not in raw else value
+            if not type_ok(value, spec.type):
+                problems.append(Problem(key, f"expected {describe(spec.type)}, got {type(value).__name__} {value!r}"))
+            cfg[key] = value
+        elif isinstance(spec, Component):
+            if value is None:
+                if spec.default is None and not spec.optional:
+                    problems.append(Problem(key, "missing required section", f"add a '{key}:' section with 'name:'"))
+                    continue
+                value = copy.deepcopy(spec.default)
+            elif isinstance(value, dict) and "name" not in value and "_target_" not in value and spec.default:
+                value = {"name": spec.default["name"], **value}
+            cfg[key] = value
+            if value is not None:
+                factory, args = _component_factory(plugins, spec.kind, value, key, problems)
+                if factory is not None:
+                    problems += check_arguments(factory, args, key, SUPPLIED.get(spec.kind, ()))
+        elif isinstance(spec, ComponentList):
+            if value is None:
+                value = [copy.deepcopy(v) for v in spec.default]
+            if not isinstance(value, list):
+                problems.append(Problem(key, f"expected a list of {KINDS[spec.kind][1]}s, got {type(value).__name__}"))
+                continue
+            cfg[key] = value
+            for i, item in enumerate(value):
+                factory, args = _component_factory(plugins, spec.kind, item, f"{key}.{i}", problems)
+                if factory is not None:
+                    problems += check_arguments(factory, args, f"{key}.{i}", SUPPLIED.get(spec.kind, ()))
+        else:  # a dataclass section
+            value = {} if value is None else value
+            if not isinstance(value, dict):
+                problems.append(Problem(key, f"expected a mapping, got {type(value).__name__}"))
+                continue
+            problems += check_arguments(spec, value, key)
+            cfg[key] = value
+
+    if not problems:
+        problems += _check_layout(cfg, plugins, world_size)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def _check_layout(cfg: dict[str, Any], plugins: Plugins, world_size: int | None) -> list[Problem]:
+    """Cross-section checks: parallel sizes vs the world size, batch sizes vs data parallelism."""
+    from automodel.mesh import MeshError, plan_mesh
+
+    problems: list[Problem] = []
+    if world_size is None:
+        launcher = build_component(plugins, "launchers", cfg["launcher"])
+        world_size = getattr(launcher, "world_size", None)
+    if world_size and world_size > 1 and not cfg["parallel"]:
+        cfg["parallel"] = [{"name": "ddp"}]  # several processes and no choice made: data parallel
+    dims = []
+    for i, item in enumerate(cfg["parallel"]):
+        p = build_component(plugins, "parallelizers", item)
+        dims.append((f"parallel.{i}", p.dim, p.size))
+        check = getattr(p, "validate_model", None)
+        if callable(check):
+            for message, hint in check(cfg["model"]) or []:
+                problems.append(Problem(f"parallel.{i}", message, hint))
+    dp_size = None
+    if world_size:
+        try:
+            dp_size = plan_mesh(dims, world_size).dp_size
+        except MeshError as e:
+            problems.append(Problem(e.key or "parallel", str(e), e.hint))
+    sched = StepScheduler(**cfg["step_scheduler"])
+    for key, message, hint in sched.problems(dp_size):
+        problems.append(Problem(f"step_scheduler.{key}", message, hint or None))
+    return problems
+
+
+def build_component(plugins: Plugins, kind: str, section: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+    """Instantiate a validated component section: ``factory(*args, **section_args, **kwargs)``."""
+    section = dict(section)
+    target = section.pop("_target_", None)
+    name = section.pop("name", None)
+    factory = import_target(target) if target else plugins.registry.get(kind, name).resolve()
+    return factory(*args, **section, **kwargs)
+
+
+def load(
+    path: str | os.PathLike[str], overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Read a config file, apply overrides and interpolation (no validation yet)."""
+    raw = apply_overrides(load_yaml(path), overrides)
+    problems: list[Problem] = []
+    raw = interpolate(raw, str(Path(path).resolve().parent), problems)
+    if problems:
+        raise ConfigError(problems, str(path))
+    return raw
+
+
+def dump(cfg: dict[str, Any]) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)

@@ -1,0 +1,57 @@
+"""The one error family automodel raises for problems a user can fix.
+
+The CLI prints these as a short message and exits with code 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+class AutomodelError(Exception):
+    """A problem the user can fix: the message says what and how."""
+
+    exit_code = 2
+
+
+@dataclass
+class Problem:
+    """One problem found in a config: where (``key``) and what (``message``), with an optional fix."""
+
+    key: str
+    message: str
+    hint: str | None = None
+
+    def __str__(self) -> str:
+        text = f"{self.key}: {self.message}" if self.key else self.message
+        return f"{text}\n    -> {self.hint}" if self.hint else text
+
+
+class ConfigError(AutomodelError):
+    """One or more problems in a config file, reported all at once."""
+
+    def __init__(self, problems: Iterable[Problem] | str, source: str | None = None):
+        if isinstance(problems, str):
+            problems = [Problem("", problems)]
+        self.problems = list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        n = len(self.problems)
+        head = f"{n} problem{'s' if n != 1 else ''}{where}:"
+        super().__init__("\n".join([head] + [f"  - {p}" for p in self.problems]))
+
+
+class UnknownComponentError(AutomodelError):
+    """A config names a component no installed plugin registers."""
+
+
+class PluginError(AutomodelError):
+    """A plugin failed to import or broke the registration contract."""
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
+    """The closest candidate to ``word``, or None when nothing is close."""
+    matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return matches[0] if matches else None

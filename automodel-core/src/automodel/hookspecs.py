@@ -1,0 +1,206 @@
+"""Every hook automodel calls. The docstrings here are the reference documentation.
+
+Two families:
+
+* **Registration hooks** (``register_*``) run once, when the plugin manager is built. Each receives a
+  ``register(name, target, **meta)`` callback owned by the core. ``target`` is either the callable itself
+  or a lazy ``"package.module:attr"`` string, so discovering plugins never imports torch. ``meta`` is
+  free-form (``description=...`` is shown by ``automodel plugins``). Registering a name twice for the
+  same kind is an error that names both plugins.
+* **Lifecycle hooks** (``on_*``) are notifications broadcast to every plugin during a run, on every rank.
+  Their return values are ignored. A plugin that only needs rank 0 checks ``ctx.is_main``.
+
+All hooks are called with keyword arguments; an implementation may accept any subset of them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from automodel.context import Context
+
+PROJECT = "automodel"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class Register(Protocol):
+    """The callback every registration hook receives."""
+
+    def __call__(self, name: str, target: Any, **meta: Any) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Registration: models
+# --------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def register_model_loaders(register: Register) -> None:
+    """Register model loaders, selected by ``model: {name: ...}``.
+
+    A loader is called as ``factory(ctx, **cfg) -> (model, tokenizer)``, where ``cfg`` is the ``model``
+    section without ``name``. It returns a ``torch.nn.Module`` causal LM (a ``transformers``
+    ``PreTrainedModel`` for the builtin export to work) and its tokenizer. When ``ctx.meta_init`` is true
+    (a parallelizer asked for it), the loader should build the model on the ``meta`` device and record
+    where its weights come from in ``model.config.name_or_path``; the loop materializes it after
+    sharding. The builtin loader is ``hf``.
+    """
+
+
+@hookspec
+def register_model_transforms(register: Register) -> None:
+    """Register model transforms (LoRA, FP8, activation checkpointing, compile), used in ``transforms:``.
+
+    A transform is called as ``factory(**cfg)`` and the object it returns must have
+    ``apply(model, ctx) -> model``. Transforms run in config order, after the model is loaded and
+    before any parallelizer. A transform may also define ``export(model, tokenizer, out_dir, ctx)``
+    (called on every rank at export; write only on ``ctx.is_main``) to change what the final export
+    writes, for example a PEFT adapter directory instead of full weights.
+    """
+
+
+@hookspec
+def register_parallelizers(register: Register) -> None:
+    """Register parallelizers (``ddp`` builtin; ``fsdp2``, ``tp`` from plugins), used in ``parallel:``.
+
+    A parallelizer is called as ``factory(**cfg)`` and returns an object with:
+
+    * ``dim``: the mesh dimension it owns: ``"dp_replicate"``, ``"dp_shard"``, ``"cp"`` or ``"tp"``;
+    * ``size``: its degree, or ``None`` to take the ranks the others leave (at most one may);
+    * ``apply(model, mesh, ctx) -> model``: parallelize ``model`` over ``mesh[dim]``.
+
+    Optional attribute ``meta_init = True`` asks the loader to build the model on the meta device; the
+    loop then materializes and loads the weights after every parallelizer has run. Parallelizers are
+    applied innermost first: ``tp``, ``cp``, ``dp_shard``, ``dp_replicate``. Data-parallel
+    parallelizers are expected to *average* gradients over their ranks (as DDP and FSDP do); the loop
+    scales the loss so that the result is the gradient of the global-batch mean.
+    """
+
+
+# --------------------------------------------------------------------------------------------------
+# Registration: data, loss, optimization
+# --------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def register_datasets(register: Register) -> None:
+    """Register datasets (``instruction``, ``mock`` builtin), used in ``dataset:``/``validation_dataset:``.
+
+    A dataset is called as ``factory(ctx, tokenizer, **cfg)`` and returns a map-style dataset
+    (``__len__``/``__getitem__``) of dicts with ``input_ids`` (list of int) and ``labels`` (list of
+    int, same length, ``-100`` where no loss is taken, *not* shifted). The loop pads, shifts and batches.
+    """
+
+
+@hookspec
+def register_losses(register: Register) -> None:
+    """Register losses (``masked_ce`` builtin), used in ``loss:``.
+
+    A loss is called as ``factory(**cfg)``; the object it returns is called as
+    ``loss(*, labels, num_label_tokens, logits=None, hidden_states=None, lm_head_weight=None)`` and
+    returns the *sum* of token losses divided by ``num_label_tokens`` (the label-token count of the
+    whole global batch, over all micro-batches and data-parallel ranks). ``labels`` are already
+    shifted, ``-100`` means ignore. If the object has ``uses_hidden_states = True`` the loop never
+    computes logits: it passes the final hidden states ``[batch, seq, hidden]`` and the lm_head weight
+    ``[vocab, hidden]`` instead (fused linear cross-entropy).
+    """
+
+
+@hookspec
+def register_optimizers(register: Register) -> None:
+    """Register optimizers (``adamw``, ``sgd`` builtin), used in ``optimizer:``.
+
+    Called as ``factory(params, **cfg)`` with the model's trainable parameters; returns a
+    ``torch.optim.Optimizer``.
+    """
+
+
+@hookspec
+def register_lr_schedulers(register: Register) -> None:
+    """Register learning-rate schedulers (``constant``, ``cosine``, ``linear`` builtin).
+
+    Called as ``factory(optimizer, total_steps=..., **cfg)``; returns a
+    ``torch.optim.lr_scheduler.LRScheduler`` stepped once per optimizer step.
+    """
+
+
+# --------------------------------------------------------------------------------------------------
+# Registration: infrastructure
+# --------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def register_checkpointers(register: Register) -> None:
+    """Register checkpointers (``default`` builtin), used in ``checkpoint:``.
+
+    Called as ``factory(ctx, **cfg)``; the object returned has ``save(state, step)``,
+    ``load(state) -> step | None`` (restore ``state`` in place from the checkpoint to resume from, or
+    return ``None`` to start fresh) and ``export(model, tokenizer, out_dir)`` (write consolidated
+    Hugging Face weights). ``state`` is a dict of stateful objects (``model``, ``optimizer``,
+    ``lr_scheduler``, ``train_state``, ``dataloader``, ...). Every method is called on every rank.
+    """
+
+
+@hookspec
+def register_launchers(register: Register) -> None:
+    """Register launchers (``local`` builtin; ``slurm`` from a plugin), used in ``launcher:``.
+
+    Called as ``factory(**cfg)``; the object returned has ``launch(job) -> int`` (the exit code).
+    ``job`` is an :class:`automodel.launch.Job`: the resolved, validated config, the path of its saved
+    copy and the plugin modules to load. A launcher starts ``automodel run <saved config>`` wherever
+    the work runs (with ``AUTOMODEL_LAUNCHED=1`` set, so that the worker trains instead of launching).
+    """
+
+
+@hookspec
+def register_loggers(register: Register) -> None:
+    """Register metric loggers (``console``, ``jsonl`` builtin; ``wandb`` from a plugin).
+
+    Called as ``factory(ctx, **cfg)`` on the main rank only; the object returned has
+    ``log(metrics: dict, step: int)`` and ``close()``.
+    """
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add subcommands to the ``automodel`` CLI: decorate functions with ``@cli.command()``.
+
+    Called when the CLI starts; keep it light (no torch import at module level).
+    """
+
+
+# --------------------------------------------------------------------------------------------------
+# Lifecycle (broadcast to every plugin, on every rank)
+# --------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def on_train_start(ctx: Context, model: Any) -> None:
+    """Called once the model is built, transformed, parallelized and restored, before the first step."""
+
+
+@hookspec
+def on_step_end(ctx: Context, step: int, metrics: dict[str, Any]) -> None:
+    """Called after every optimizer step. ``metrics`` holds ``loss`` and ``lr``; on logging steps also
+    ``grad_norm``, ``tokens_per_s`` and the other logged values."""
+
+
+@hookspec
+def on_validation_end(ctx: Context, step: int, metrics: dict[str, Any]) -> None:
+    """Called after each validation pass with ``val_loss`` and ``val_tokens``."""
+
+
+@hookspec
+def on_checkpoint_saved(ctx: Context, step: int, path: str) -> None:
+    """Called after a checkpoint for ``step`` has been written completely to ``path``."""
+
+
+@hookspec
+def on_train_end(ctx: Context, metrics: dict[str, Any]) -> None:
+    """Called once at the end of training (also after an interruption), with the last metrics."""

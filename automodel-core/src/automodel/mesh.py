@@ -1,0 +1,95 @@
+"""The device mesh: one named dimension per parallelizer, sized from the config and the world size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from automodel.errors import AutomodelError
+
+#: Outermost first. Parallelizers are applied in the reverse order (innermost first).
+DIM_ORDER = ("dp_replicate", "dp_shard", "cp", "tp")
+DP_DIMS = ("dp_replicate", "dp_shard")
+
+
+class MeshError(AutomodelError):
+    def __init__(self, message: str, key: str | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.key, self.hint = key, hint
+
+
+@dataclass
+class MeshPlan:
+    """Sizes per dimension, outermost first; every dimension named by a parallelizer is present."""
+
+    sizes: dict[str, int]
+    world_size: int
+
+    @property
+    def dp_size(self) -> int:
+        out = 1
+        for dim in DP_DIMS:
+            out *= self.sizes.get(dim, 1)
+        return out
+
+
+def plan_mesh(dims: list[tuple[str, str, int | None]], world_size: int) -> MeshPlan:
+    """Size the mesh. ``dims`` holds (config key, dim, size or None) per parallelizer."""
+    seen: dict[str, str] = {}
+    open_dim = None
+    fixed = 1
+    for key, dim, size in dims:
+        if dim not in DIM_ORDER:
+            raise MeshError(f"unknown mesh dimension '{dim}'", key, f"use one of {', '.join(DIM_ORDER)}")
+        if dim in seen:
+            raise MeshError(f"two parallelizers use the mesh dimension '{dim}' ({seen[dim]} and {key})", key)
+        seen[dim] = key
+        if size is None:
+            if open_dim is not None:
+                raise MeshError(
+                    f"only one parallelizer may leave its size open; {seen[open_dim]} and {key} both do",
+                    key,
+                    "give one of them an explicit size",
+                )
+            open_dim = dim
+        elif not isinstance(size, int) or size < 1:
+            raise MeshError(f"size must be a positive integer, got {size!r}", f"{key}.size")
+        else:
+            fixed *= size
+    if world_size % fixed:
+        raise MeshError(
+            f"the parallel sizes multiply to {fixed}, which does not divide the {world_size} processes",
+            "parallel",
+            f"make the sizes divide {world_size}, or change the number of processes (launcher)",
+        )
+    sizes = {dim: size for _, dim, size in dims}
+    if open_dim is not None:
+        sizes[open_dim] = world_size // fixed
+    elif fixed != world_size:
+        raise MeshError(
+            f"the parallel sizes multiply to {fixed} but there are {world_size} processes",
+            "parallel",
+            "leave one size open (e.g. {name: fsdp2} without size) to take the remaining ranks",
+        )
+    return MeshPlan({d: sizes[d] for d in DIM_ORDER if d in sizes}, world_size)
+
+
+def build_mesh(plan: MeshPlan, device_type: str) -> Any:
+    """A ``torch.distributed.DeviceMesh`` with the planned named dimensions (needs a process group)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    names = tuple(plan.sizes)
+    return init_device_mesh(device_type, tuple(plan.sizes.values()), mesh_dim_names=names)
+
+
+def dp_coordinates(mesh: Any, plan: MeshPlan) -> tuple[int, int]:
+    """(data-parallel rank, data-parallel size) of this process: ranks that differ only in tp/cp
+    coordinates see the same data."""
+    if mesh is None:
+        return 0, 1
+    rank, size = 0, 1
+    for dim in DP_DIMS:
+        if dim in plan.sizes:
+            rank = rank * plan.sizes[dim] + mesh.get_local_rank(dim)
+            size *= plan.sizes[dim]
+    return rank, size

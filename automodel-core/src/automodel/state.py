@@ -1,0 +1,68 @@
+"""Step scheduling and the resumable train state (no torch import at module level)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class StepScheduler:
+    """The ``step_scheduler:`` section: batch sizes and when to stop, log, validate and checkpoint.
+
+    ``global_batch_size`` sequences make one optimizer step; each rank processes ``local_batch_size`` at
+    a time, accumulating gradients over ``global / (local * data_parallel_size)`` micro-batches.
+    Training stops after ``max_steps`` optimizer steps or ``num_epochs`` passes, whichever comes first.
+    """
+
+    global_batch_size: int = 8
+    local_batch_size: int = 8
+    max_steps: int | None = None
+    num_epochs: int = 1
+    log_every_steps: int = 1
+    val_every_steps: int | None = None
+    val_max_batches: int | None = None
+    ckpt_every_steps: int | None = None
+
+    def grad_accum_steps(self, dp_size: int) -> int:
+        return self.global_batch_size // (self.local_batch_size * dp_size)
+
+    def problems(self, dp_size: int | None) -> list[tuple[str, str, str]]:
+        """(key, message, hint) for every inconsistency; ``dp_size`` None when unknown yet."""
+        out = []
+        for key in ("global_batch_size", "local_batch_size", "num_epochs", "log_every_steps"):
+            if getattr(self, key) < 1:
+                out.append((key, f"must be >= 1, got {getattr(self, key)}", ""))
+        for key in ("max_steps", "val_every_steps", "val_max_batches", "ckpt_every_steps"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                out.append((key, f"must be >= 1 or null, got {value}", ""))
+        if dp_size and self.local_batch_size >= 1:
+            per_step = self.local_batch_size * dp_size
+            if self.global_batch_size % per_step:
+                lo = max(per_step, self.global_batch_size // per_step * per_step)
+                out.append(
+                    (
+                        "global_batch_size",
+                        f"{self.global_batch_size} is not a multiple of local_batch_size x data-parallel size "
+                        f"= {self.local_batch_size} x {dp_size} = {per_step}",
+                        f"use global_batch_size={lo} or {lo + per_step}, or change local_batch_size",
+                    )
+                )
+        return out
+
+
+@dataclass
+class TrainState:
+    """Counters that a checkpoint must restore to continue a run exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    tokens_seen: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
