@@ -53,7 +53,7 @@ SECTIONS: dict[str, Any] = {
     "seed": Scalar(int, 1234),
     "output_dir": Scalar(str, "runs/default"),
     "device": Scalar(typing.Literal["auto", "cpu", "cuda"], "auto"),
-    "clip_grad_norm": Scalar(typing.Optional[float], 1.0),
+    "clip_grad_norm": Scalar(float | None, 1.0),
     "plugins": Scalar(list[str], []),
     "model": Component("model_loaders"),
     "dataset": Component("datasets"),

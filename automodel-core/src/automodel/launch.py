@@ -45,3 +45,8 @@ class Job:
 def in_worker() -> bool:
     """True inside a process a launcher (or torchrun / srun with torchrun env) started."""
     return os.environ.get(LAUNCHED_ENV) == "1" or "TORCHELASTIC_RUN_ID" in os.environ
+
+
+#: Exit code of a run that stopped on SIGTERM/SIGUSR1 after checkpointing: "requeue me".
+#: Launchers (Slurm) requeue the job on it; the next run resumes from the checkpoint.
+REQUEUE_EXIT_CODE = 75
