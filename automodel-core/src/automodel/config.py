@@ -85,6 +85,22 @@ SUPPLIED: dict[str, tuple[str, ...]] = {
 # --------------------------------------------------------------------------------------------------
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``3e-4`` as a string; every ML config means a float."""
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -92,7 +108,7 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
             [Problem("", f"config file not found: {path}", "check the path; example: examples/quickstart/config.yaml")]
         )
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -141,7 +157,7 @@ def apply_overrides(cfg: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             raise ConfigError([Problem(item, "overrides look like key.path=value or ~key.path", f"did you mean {item}=...?")])
         path, _, raw = item.partition("=")
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = parse_yaml(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
         node, key = _walk_to(cfg, path.strip().split("."), create=True, full=path)
@@ -175,7 +191,7 @@ def interpolate(cfg: Any, cfg_dir: str, problems: list[Problem], key: str = "") 
     out = _INTERP.sub(sub, cfg)
     if _INTERP.fullmatch(cfg) and m_is_env(cfg):
         try:
-            return yaml.safe_load(out) if out else out
+            return parse_yaml(out) if out else out
         except yaml.YAMLError:
             return out
     return out

@@ -137,8 +137,11 @@ class Registry:
         if close:
             msg += f" Did you mean '{close}'?"
         installed = ", ".join(self.names(kind)) or "none"
-        msg += f" Installed {noun}s: {installed}."
-        others = sorted(p for (k, n), p in FIRST_PARTY.items() if k == kind and n not in self._entries[kind])
-        if others:
-            msg += f" More come with: {', '.join(others)}."
+        msg += f" Installed {kind.replace('_', ' ')}: {installed}."
+        more: dict[str, list[str]] = {}
+        for (k, n), package in FIRST_PARTY.items():
+            if k == kind and n not in self._entries[kind]:
+                more.setdefault(package, []).append(n)
+        if more:
+            msg += " More: " + "; ".join(f"{', '.join(ns)} (pip install {p})" for p, ns in sorted(more.items())) + "."
         return msg
