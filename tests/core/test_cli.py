@@ -1,0 +1,91 @@
+"""The CLI: bad input gives one screen, the key path and exit 2 (no traceback); --help stays light."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from automodel import __version__
+from automodel.testing import make_config, run_cli
+
+
+def write(path, cfg):
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def assert_clean_error(proc, *needles):
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.splitlines()) < 25
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+
+
+def test_help_imports_no_torch():
+    code = "import sys; from automodel.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\nprint('TORCH' if 'torch' in sys.modules else 'NO TORCH')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "Usage: automodel" in out and out.strip().endswith("NO TORCH")
+
+
+def test_version():
+    assert run_cli("--version").stdout.strip() == f"automodel, version {__version__}"
+
+
+@pytest.mark.parametrize(
+    "edit, needles",
+    [
+        (lambda c: c.update(step_schedular=c.pop("step_scheduler")), ["step_schedular: unknown section", "did you mean 'step_scheduler'?"]),
+        (lambda c: c["loss"].update(name="triton_ce"), ["unknown loss 'triton_ce'", "pip install automodel-triton-ce"]),
+        (lambda c: c["optimizer"].update(lr="fast"), ["optimizer.lr: expected float, got str 'fast'"]),
+        (lambda c: c["dataset"].update(path="missing.jsonl"), ["dataset.path: data file not found: missing.jsonl"]),
+        (lambda c: c["dataset"].pop("path"), ["dataset.path: missing required argument"]),
+        (lambda c: c["optimizer"].update(betas2=0.9), ["optimizer.betas2: unknown key", "did you mean 'betas'?"]),
+    ],
+    ids=["section-typo", "unknown-component", "wrong-type", "missing-file", "missing-arg", "key-typo"],
+)
+def test_bad_configs_fail_cleanly_before_training(tmp_path, tiny_model_dir, edit, needles):
+    path = make_config(tmp_path, tiny_model_dir, loss={"name": "masked_ce"})
+    cfg = yaml.safe_load(path.read_text())
+    edit(cfg)
+    write(path, cfg)
+    for command in ("validate", "run"):
+        proc = run_cli(command, path, cwd=tmp_path, check=False)
+        assert_clean_error(proc, str(path), *needles)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path, tiny_model_dir):
+    path = make_config(tmp_path, tiny_model_dir, seed="x")
+    proc = run_cli("--debug", "validate", path, check=False)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_validate_accepts_a_good_config_and_overrides(tmp_path, tiny_model_dir):
+    path = make_config(tmp_path, tiny_model_dir)
+    out = run_cli("validate", path, "optimizer.lr=3e-4", "--print").stdout
+    assert "OK (model=hf" in out and "lr: 0.0003" in out
+
+
+def test_plugin_that_fails_to_import_is_reported(tmp_path, tiny_model_dir):
+    (tmp_path / "broken_plugin.py").write_text("import no_such_dependency_xyz\n")
+    path = make_config(tmp_path, tiny_model_dir, plugins=["broken_plugin"])
+    proc = run_cli("run", path, cwd=tmp_path, check=False)
+    assert_clean_error(proc, "Error importing plugin 'broken_plugin'", "ModuleNotFoundError", "no_such_dependency_xyz")
+    listing = json.loads(run_cli("plugins", "--json", "--plugin", "broken_plugin", cwd=tmp_path).stdout)
+    broken = [p for p in listing if p["name"] == "broken_plugin"][0]
+    assert "no_such_dependency_xyz" in broken["error"]
+
+
+def test_plugins_table_and_json():
+    table = run_cli("plugins", env={"AUTOMODEL_LOAD_PLUGINS": ""}).stdout
+    assert "builtin" in table and "losses: masked_ce" in table
+    data = json.loads(run_cli("plugins", "--json", env={"AUTOMODEL_LOAD_PLUGINS": ""}).stdout)
+    assert [p["name"] for p in data] == ["builtin"]
+    assert data[0]["registers"]["parallelizers"] == ["ddp"]
+    check = run_cli("plugins", "--check", env={"AUTOMODEL_LOAD_PLUGINS": ""})
+    assert "all plugins OK" in check.stdout
