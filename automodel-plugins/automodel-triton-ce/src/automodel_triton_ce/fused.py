@@ -1,0 +1,289 @@
+"""Fused linear cross-entropy: loss and both gradients from hidden states and the lm_head weight,
+chunk by chunk, without ever holding the ``[tokens, vocab]`` logits.
+
+For each chunk of ``chunk_size`` label tokens::
+
+    z   = h_c @ W^T                       # [chunk, vocab] in the weight dtype (as the lm_head would)
+    max, sumexp, z_target, z_sum = row statistics of z        (fp32; Triton kernel or torch)
+    lse = max + log(sumexp)               # (vocab-parallel: all-reduced over the tp group first)
+    z  <- d loss / d z                    # in place (Triton kernel or torch)
+    dh_c = z @ W ;  dW += z^T @ h_c
+
+so the backward pass only multiplies the stored gradients by the incoming gradient. Peak memory is
+``dW + dh + chunk x vocab`` instead of several fp32 ``[tokens, vocab]`` tensors.
+
+Token loss (``eps`` = label smoothing, ``V`` = vocabulary size, ``z`` soft-capped when asked)::
+
+    (1 - eps) * (lse - z_target) + eps * (lse - sum_j z_j / V) + z_loss * lse^2
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+CHUNK_BYTES = 64 * 2**20  # default budget for one logits chunk
+
+
+@dataclass(frozen=True)
+class Options:
+    ignore_index: int = -100
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+    softcap: float | None = None
+    chunk_size: int | None = None
+    backend: str = "triton"  # "triton" or "torch"
+
+
+# --------------------------------------------------------------------------------------------------
+# Backends: row statistics and in-place gradient of one logits chunk
+# --------------------------------------------------------------------------------------------------
+
+
+def _cap(z: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    return z if softcap is None else torch.tanh(z / softcap) * softcap
+
+
+def _torch_row_stats(z: torch.Tensor, tgt: torch.Tensor, softcap: float | None) -> tuple[torch.Tensor, ...]:
+    zc = _cap(z.float(), softcap)
+    m = zc.amax(dim=1)
+    s = torch.exp(zc - m[:, None]).sum(dim=1)
+    local = tgt >= 0
+    zt = torch.where(local, zc.gather(1, tgt.clamp(min=0)[:, None])[:, 0], 0.0)
+    return m, s, zt, zc.sum(dim=1)
+
+
+def _torch_row_grad_(z: torch.Tensor, tgt: torch.Tensor, lse: torch.Tensor, scale: torch.Tensor, softcap: float | None,
+                     target_coef: float, uniform_coef: float, z_loss: float) -> torch.Tensor:
+    zf = z.float()
+    zc = _cap(zf, softcap)
+    g = torch.exp(zc - lse[:, None]).mul_((1.0 + 2.0 * z_loss * lse)[:, None])
+    if uniform_coef:
+        g.sub_(uniform_coef)
+    rows = torch.nonzero(tgt >= 0)[:, 0]
+    g[rows, tgt[rows]] -= target_coef
+    if softcap is not None:
+        g.mul_(1.0 - (zc / softcap) ** 2)
+    g.mul_(scale)
+    z.copy_(g)
+    return z
+
+
+_warned = False
+
+
+def triton_usable(device: torch.device) -> bool:
+    """Triton can run on ``device``: CUDA, or any device under ``TRITON_INTERPRET=1``."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        pass
+    elif device.type != "cuda":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _backend(name: str, device: torch.device) -> tuple[Any, Any]:
+    global _warned
+    if name == "triton":
+        if triton_usable(device):
+            from automodel_triton_ce import kernels
+
+            return kernels.row_stats, kernels.row_grad_
+        if not _warned:
+            _warned = True
+            warnings.warn(
+                f"triton_ce: Triton cannot run on {device} (no GPU and TRITON_INTERPRET is not set); "
+                "using the pure-PyTorch chunked implementation (chunked_ce) instead",
+                stacklevel=3,
+            )
+    return _torch_row_stats, _torch_row_grad_
+
+
+# --------------------------------------------------------------------------------------------------
+# The chunk loop
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VocabShard:
+    """This rank holds rows ``[start, start + local)`` of a vocabulary of ``size`` over ``group``."""
+
+    start: int
+    size: int
+    group: Any
+    reduce_hidden_grad: bool  # hidden states are a plain replicated tensor: all-reduce dh ourselves
+
+
+def _chunk_rows(opts: Options, vocab: int, elt: int, n: int) -> int:
+    if opts.chunk_size:
+        return opts.chunk_size
+    rows = max(16, CHUNK_BYTES // max(1, vocab * elt))
+    return max(1, min(n, 1 << int(math.log2(rows))))
+
+
+def _forward_backward(
+    h: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor, opts: Options,
+    shard: VocabShard | None, grad_h: bool, grad_w: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Loss (``scale * sum``) and, when asked, the gradients of ``h`` [N, D] and ``w`` [V, D]."""
+    row_stats, row_grad_ = _backend(opts.backend, h.device)
+    vocab_local = w.shape[0]
+    vocab = shard.size if shard else vocab_local
+    start = shard.start if shard else 0
+    eps, zl = float(opts.label_smoothing), float(opts.z_loss)
+
+    valid = labels != opts.ignore_index
+    idx = torch.nonzero(valid)[:, 0]
+    n = idx.numel()
+    hv = h if n == h.shape[0] else h.index_select(0, idx)
+    tv = labels if n == h.shape[0] else labels.index_select(0, idx)
+    tgt = tv - start
+    tgt = torch.where((tgt >= 0) & (tgt < vocab_local), tgt, -1)
+    if bool(((tv < 0) | (tv >= vocab)).any()):
+        raise ValueError(f"labels must be in [0, {vocab}) or {opts.ignore_index}; got {tv.min().item()}..{tv.max().item()}")
+
+    mm_dtype = w.dtype
+    dh_valid = torch.empty(n, h.shape[1], dtype=h.dtype, device=h.device) if grad_h else None
+    dw = torch.zeros_like(w) if grad_w else None
+    total = torch.zeros((), dtype=torch.float32, device=h.device)
+    step = _chunk_rows(opts, vocab_local, w.element_size(), n)
+    for c0 in range(0, n, step):
+        hc = hv[c0:c0 + step].to(mm_dtype)
+        tc = tgt[c0:c0 + step].contiguous()
+        z = hc @ w.t()  # [chunk, vocab_local]
+        m, s, zt, zs = row_stats(z, tc, opts.softcap)
+        if shard is not None:  # vocab-parallel: combine the shards' statistics
+            m_local = m
+            m = m.clone()
+            dist.all_reduce(m, op=dist.ReduceOp.MAX, group=shard.group)
+            rest = torch.stack([s * torch.exp(m_local - m), zt, zs])
+            dist.all_reduce(rest, group=shard.group)
+            s, zt, zs = rest[0], rest[1], rest[2]
+        lse = m + torch.log(s)
+        token = (lse - zt) * (1.0 - eps)
+        if eps:
+            token = token + (lse - zs / vocab) * eps
+        if zl:
+            token = token + lse * lse * zl
+        total += token.sum()
+        if grad_h or grad_w:
+            g = row_grad_(z, tc, lse.contiguous(), scale, opts.softcap, 1.0 - eps, eps / vocab, zl)
+            if grad_h:
+                part = dh_valid[c0:c0 + step]
+                if part.dtype == g.dtype:
+                    torch.mm(g, w, out=part)
+                else:
+                    part.copy_(g @ w)
+            if grad_w:
+                dw.addmm_(g.t(), hc)
+            del g
+        del z
+    dh = None
+    if grad_h:
+        if shard is not None and shard.reduce_hidden_grad:
+            dist.all_reduce(dh_valid, group=shard.group)
+        if n == h.shape[0]:
+            dh = dh_valid
+        else:
+            dh = torch.zeros_like(h)
+            dh.index_copy_(0, idx, dh_valid)
+    return total * scale, dh, dw
+
+
+class _FusedLinearCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor,
+                opts: Options, shard: VocabShard | None, w_grad_div: float) -> torch.Tensor:
+        grad_h, grad_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        loss, dh, dw = _forward_backward(h, w, labels, scale, opts, shard, grad_h, grad_w)
+        ctx.save_for_backward(dh, dw)
+        ctx.w_grad_div = w_grad_div
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        dh, dw = ctx.saved_tensors
+        # The stored gradients belong to this call only: scale them in place (no second copy of dW).
+        if dh is not None:
+            dh.mul_(grad)
+        if dw is not None:
+            dw.mul_(grad / ctx.w_grad_div if ctx.w_grad_div != 1 else grad)
+        return dh, dw, None, None, None, None, None
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point (plain tensors, DTensors from FSDP2 / vocab-parallel TP)
+# --------------------------------------------------------------------------------------------------
+
+
+def _prepare_weight(w: Any, h: Any) -> tuple[torch.Tensor, torch.Tensor, VocabShard | None, float]:
+    """Turn (possibly DTensor) weight and hidden states into local tensors.
+
+    * FSDP2 (``Shard(0)``/``Replicate`` on data-parallel mesh dims): all-gather the weight with
+      autograd; its gradient comes back as ``Partial`` and is reduce-scattered (summed) onto the
+      shards, so we pre-divide it by the data-parallel degree (FSDP2 averages, the loop scales the
+      loss by that degree).
+    * TP vocab-parallel (``Shard(0)`` on the ``tp`` mesh dim): keep the local vocabulary rows and
+      combine the softmax statistics across the tp group (see :class:`VocabShard`).
+    """
+    try:
+        from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
+    except ImportError:  # pragma: no cover - torch without DTensor
+        return w, h, None, 1.0
+    shard = None
+    div = 1.0
+    tp_dim = None
+    if isinstance(w, DTensor):
+        mesh = w.device_mesh
+        names = list(mesh.mesh_dim_names or [])
+        placements = list(w.placements)
+        tp_dim = names.index("tp") if "tp" in names and placements[names.index("tp")] == Shard(0) else None
+        target = [Shard(0) if i == tp_dim else Replicate() for i in range(mesh.ndim)]
+        grads = [Shard(0) if i == tp_dim else Partial() for i in range(mesh.ndim)]
+        for i in range(mesh.ndim):
+            if i != tp_dim:
+                div *= mesh.size(i)
+        vocab = w.shape[0]
+        local = w.redistribute(mesh, target).to_local(grad_placements=grads)
+        if tp_dim is not None:
+            tp_mesh = mesh[names[tp_dim]]
+            rank, size = tp_mesh.get_local_rank(), tp_mesh.size()
+            per = -(-vocab // size)  # torch.chunk semantics: ceil-sized shards, the last one smaller
+            shard = VocabShard(start=min(rank * per, vocab), size=vocab, group=tp_mesh.get_group(),
+                               reduce_hidden_grad=not isinstance(h, DTensor))
+        w = local
+    if isinstance(h, DTensor):
+        h = h.redistribute(h.device_mesh, [Replicate()] * h.device_mesh.ndim).to_local(
+            grad_placements=[Partial()] * h.device_mesh.ndim)
+    return w, h, shard, div
+
+
+def fused_linear_cross_entropy(
+    hidden_states: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+    num_label_tokens: torch.Tensor | float | None = None, opts: Options = Options(),
+) -> torch.Tensor:
+    """``sum(token losses) / num_label_tokens`` of ``hidden_states @ weight.T`` against ``labels``.
+
+    ``hidden_states`` ``[..., D]``, ``weight`` ``[V, D]``, ``labels`` ``[...]`` (``ignore_index``
+    skipped). ``num_label_tokens`` defaults to this call's label-token count (a mean).
+    """
+    w, h, shard, div = _prepare_weight(weight, hidden_states)
+    h2 = h.reshape(-1, h.shape[-1])
+    lab = labels.reshape(-1).to(h2.device)
+    if lab.shape[0] != h2.shape[0]:
+        raise ValueError(f"labels {tuple(labels.shape)} do not match hidden states {tuple(hidden_states.shape)}")
+    if num_label_tokens is None:
+        num_label_tokens = (lab != opts.ignore_index).sum().clamp(min=1)
+    scale = (1.0 / torch.as_tensor(num_label_tokens, dtype=torch.float32, device=h2.device)).reshape(())
+    if torch.is_grad_enabled() and (h2.requires_grad or w.requires_grad):
+        return _FusedLinearCE.apply(h2, w, lab, scale, opts, shard, div)
+    return _forward_backward(h2, w, lab, scale, opts, shard, False, False)[0]
