@@ -94,13 +94,20 @@ hf.validate_args = _hf_validate  # type: ignore[attr-defined]
 
 def materialize(model: Any, ctx: Any) -> None:
     """Give meta-device parameters real storage on ``ctx.device`` and load the weights named by
-    ``model.config.name_or_path`` (or initialize them) — after the parallelizers have sharded them."""
+    ``model.config.name_or_path`` (or initialize them) — after the parallelizers have sharded them.
+
+    Sharded (DTensor) parameters get storage for this rank's shard only. Pretrained weights are read
+    with ``torch.distributed.checkpoint`` from the safetensors files: each rank reads only the slices
+    it owns, so peak host memory per rank falls with the number of shards. Without pretrained weights,
+    each module is initialized at full size in module order (the same random stream as an unsharded
+    model) and only the local shard is kept.
+    """
     import torch
 
     if not any(p.is_meta for p in model.parameters()):
         return
     buffers = {name: b.detach().clone() for name, b in model.named_buffers() if not b.is_meta}
-    model.to_empty(device=ctx.device)
+    model.to_empty(device=ctx.extras.get("materialize_device", ctx.device))
     with torch.no_grad():
         for name, value in buffers.items():
             model.get_buffer(name).copy_(value)
@@ -108,19 +115,82 @@ def materialize(model: Any, ctx: Any) -> None:
     if hasattr(base, "tie_weights"):
         base.tie_weights()
     source = getattr(base.config, "name_or_path", "")
-    files = sorted(Path(source).glob("*.safetensors")) if source and Path(source).is_dir() else []
-    if files:
-        from safetensors.torch import load_file
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-        full: dict[str, Any] = {}
-        for f in files:
-            full.update(load_file(str(f)))
-        set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, strict=False))
+    if source:
+        load_safetensors(model, _weights_dir(source))
     else:
-        torch.manual_seed(ctx.config.get("seed", 0))
-        with torch.no_grad():
-            base.apply(base._init_weights)
+        init_weights(base, ctx.config.get("seed", 0))
+
+
+def _weights_dir(source: str) -> Path:
+    if Path(source).expanduser().is_dir():
+        return Path(source).expanduser()
+    from huggingface_hub import snapshot_download  # a hub id: the cached snapshot's safetensors
+
+    return Path(snapshot_download(source, allow_patterns=["*.safetensors", "*.json"]))
+
+
+def load_safetensors(model: Any, directory: Path) -> None:
+    """Load ``directory/*.safetensors`` into ``model`` in place, each rank reading only its shards."""
+    import torch.distributed.checkpoint as dcp
+    from safetensors import safe_open
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+
+    files = sorted(Path(directory).glob("*.safetensors"))
+    if not files:
+        raise AutomodelError(
+            f"model: no *.safetensors weights in {directory}; meta-device init reads safetensors only",
+            )
+    in_files: set[str] = set()
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            in_files.update(h.keys())
+    state = get_model_state_dict(model)
+    owner = {name: id(t) for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]}
+    loaded = {owner.get(k) for k in state if k in in_files}
+    missing = [k for k in state if k not in in_files and (owner.get(k) is None or owner[k] not in loaded)]
+    if missing:
+        raise AutomodelError(
+            f"model: {len(missing)} weights of the model are not in {directory} (e.g. {', '.join(missing[:3])}); "
+            "set meta_init: false on the parallelizer to load the model unsharded first"
+        )
+    state = {k: v for k, v in state.items() if k in in_files}
+    dcp.load(state, storage_reader=dcp.HuggingFaceStorageReader(str(directory)))
+    set_model_state_dict(model, state, options=StateDictOptions(strict=False))
+
+
+def init_weights(base: Any, seed: int) -> None:
+    """``base._init_weights`` on every module (children first, like ``Module.apply``), seeded: each
+    module's parameters are initialized at full size and sharded ones keep only their local shard, so
+    the values do not depend on how the model is sharded."""
+    import torch
+
+    try:
+        from torch.distributed.tensor import DTensor, distribute_tensor
+    except ImportError:  # pragma: no cover
+        DTensor = ()  # type: ignore[assignment,misc]
+
+    def visit(module: Any) -> None:
+        for child in module.children():
+            visit(child)
+        originals = {}
+        for name, p in list(module._parameters.items()):
+            if p is None:
+                continue
+            local = p.to_local() if isinstance(p, DTensor) else p
+            module._parameters[name] = torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=local.device), p.requires_grad)
+            originals[name] = p
+        base._init_weights(module)
+        for name, p in originals.items():
+            full = module._parameters[name].data
+            module._parameters[name] = p
+            if isinstance(p, DTensor):
+                full = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local()
+                p = p.to_local()
+            p.data.copy_(full)
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        visit(base)
 
 
 def unwrap(model: Any) -> Any:

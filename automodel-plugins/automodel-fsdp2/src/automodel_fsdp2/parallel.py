@@ -1,0 +1,187 @@
+"""FSDP2 for any Hugging Face causal LM: ``fully_shard`` on every decoder block, then on the root.
+
+The decoder block classes come from the model's ``_no_split_modules`` (what ``transformers`` itself
+never splits across devices) or, failing that, the children of the largest ``nn.ModuleList``. With
+``meta_init`` (the default) the core builds the model on the meta device, this plugin shards it, and
+``automodel.builtin.models.materialize`` gives each rank storage for its shards only and reads only its
+slices of the safetensors files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal
+
+from automodel.errors import AutomodelError
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class FSDP2:
+    """Shard parameters, gradients and optimizer state over ``dp_shard`` (HSDP with ``fsdp2_replicate``).
+
+    Config keys:
+
+    * ``size``: ranks to shard over; ``None`` (default) takes the ranks the other parallelizers leave.
+    * ``param_dtype`` / ``reduce_dtype`` / ``output_dtype``: ``MixedPrecisionPolicy`` (``float32``,
+      ``bfloat16``, ``float16``); ``None`` keeps the parameters' own dtype.
+    * ``reshard_after_forward``: free gathered parameters after forward (``True``, default), keep them
+      (``False``, faster, more memory), or an int: reshard to that smaller group size.
+    * ``cpu_offload``: keep sharded parameters, gradients and optimizer state in host memory.
+    * ``activation_checkpointing``: recompute each block's activations in backward.
+    * ``block_classes``: class names to shard one by one, instead of ``_no_split_modules``.
+    * ``meta_init``: build on the meta device and load only this rank's shards (default ``True``).
+    """
+
+    dim = "dp_shard"
+
+    def __init__(
+        self,
+        size: int | None = None,
+        param_dtype: Dtype | None = None,
+        reduce_dtype: Dtype | None = None,
+        output_dtype: Dtype | None = None,
+        reshard_after_forward: bool | int = True,
+        cpu_offload: bool = False,
+        activation_checkpointing: bool = False,
+        block_classes: list[str] | None = None,
+        meta_init: bool = True,
+    ):
+        for key, value in (("param_dtype", param_dtype), ("reduce_dtype", reduce_dtype), ("output_dtype", output_dtype)):
+            if value is not None and value not in DTYPES:
+                raise AutomodelError(f"parallel.fsdp2.{key}: expected one of {', '.join(DTYPES)}, got {value!r}")
+        self.size = size
+        self.param_dtype = param_dtype
+        self.reduce_dtype = reduce_dtype
+        self.output_dtype = output_dtype
+        self.reshard_after_forward = reshard_after_forward
+        self.cpu_offload = cpu_offload
+        self.activation_checkpointing = activation_checkpointing
+        self.block_classes = list(block_classes) if block_classes else None
+        self.meta_init = meta_init
+
+    # -- the contract -----------------------------------------------------------------------------
+
+    def apply(self, model: Any, mesh: Any, ctx: Any) -> Any:
+        import torch
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+        dp_mesh = self._dp_mesh(mesh, ctx)
+        mp = MixedPrecisionPolicy(
+            param_dtype=_dtype(self.param_dtype), reduce_dtype=_dtype(self.reduce_dtype),
+            output_dtype=_dtype(self.output_dtype),
+        )
+        offload = CPUOffloadPolicy(pin_memory=ctx.device.type == "cuda") if self.cpu_offload else OffloadPolicy()
+        if self.cpu_offload:
+            ctx.extras["materialize_device"] = torch.device("cpu")  # sharded parameters live on the host
+        elif not any(p.is_meta for p in model.parameters()):
+            model.to(ctx.device)
+
+        blocks = find_blocks(model, self.block_classes)
+        if self.activation_checkpointing:
+            checkpoint = _checkpoint_fn()
+            for block in blocks:
+                checkpoint(block)
+        # Bottom-up: nested blocks (if any) before their parents, the root last. The last block is kept
+        # gathered after forward because backward needs it at once.
+        for i, block in enumerate(reversed(blocks)):
+            reshard = self.reshard_after_forward if i > 0 else False
+            fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=mp, offload_policy=offload)
+        fully_shard(model, mesh=dp_mesh, reshard_after_forward=self.reshard_after_forward, mp_policy=mp, offload_policy=offload)
+        ctx.extras["fsdp2_blocks"] = len(blocks)
+        ctx.print(
+            f"fsdp2: {len(blocks)} blocks + root sharded over {dict(zip(dp_mesh.mesh_dim_names, dp_mesh.shape))}"
+            f"{', mixed precision ' + str(self.param_dtype) + '/' + str(self.reduce_dtype) if self.param_dtype or self.reduce_dtype else ''}"
+            f"{', cpu offload' if self.cpu_offload else ''}{', activation checkpointing' if self.activation_checkpointing else ''}"
+        )
+        return model
+
+    def _dp_mesh(self, mesh: Any, ctx: Any) -> Any:
+        names = tuple(mesh.mesh_dim_names or ())
+        if "dp_replicate" not in names:
+            return mesh["dp_shard"]
+        owners = [p.get("name") for p in (ctx.config or {}).get("parallel", [])]
+        if "ddp" in owners:
+            raise AutomodelError(
+                "parallel: 'ddp' cannot wrap a model sharded by 'fsdp2' (both would average gradients)",
+                )
+        return mesh["dp_replicate", "dp_shard"]  # HSDP: replicate on dim 0, shard on dim 1
+
+
+class FSDP2Replicate:
+    """The replica dimension of HSDP: ``fsdp2`` shards within ``dp_shard`` groups and, because this
+    parallelizer puts ``dp_replicate`` in the mesh, replicates (all-reduces) across them. It must be
+    used together with ``fsdp2``; it does nothing to the model itself."""
+
+    dim = "dp_replicate"
+
+    def __init__(self, size: int | None = None):
+        self.size = size
+
+    def apply(self, model: Any, mesh: Any, ctx: Any) -> Any:
+        from torch.distributed.fsdp import FSDPModule
+
+        if not isinstance(model, FSDPModule):
+            raise AutomodelError(
+                "parallel: fsdp2_replicate is the replica dimension of HSDP and needs {name: fsdp2} on dp_shard "
+                "too, e.g. parallel: [{name: fsdp2_replicate, size: 2}, {name: fsdp2}]"
+            )
+        return model
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _dtype(name: str | None) -> Any:
+    import torch
+
+    return getattr(torch, name) if name else None
+
+
+def _checkpoint_fn() -> Any:
+    """Composable activation checkpointing (keeps parameter names), else the module wrapper's function."""
+    try:
+        from torch.distributed._composable import checkpoint
+
+        return checkpoint
+    except ImportError:  # pragma: no cover - older torch
+        from functools import partial
+
+        from torch.utils.checkpoint import checkpoint as ckpt
+
+        def wrap(module: Any) -> None:
+            forward = module.forward
+            module.forward = partial(ckpt, forward, use_reentrant=False)
+
+        return wrap
+
+
+def block_class_names(model: Any) -> set[str]:
+    """``_no_split_modules`` of every Hugging Face (sub)model inside ``model`` (PEFT wrappers included)."""
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or ())
+    return names
+
+
+def find_blocks(model: Any, class_names: Iterable[str] | None = None) -> list[Any]:
+    """The modules to shard one by one, outermost first (pre-order), the root excluded."""
+    import torch
+
+    names = set(class_names or ()) or block_class_names(model)
+    blocks = [m for m in model.modules() if m is not model and type(m).__name__ in names]
+    if class_names and not blocks:
+        found = sorted({type(m).__name__ for m in model.modules()})
+        raise AutomodelError(
+            f"parallel.fsdp2.block_classes: no module of class {sorted(names)} in the model; classes present: {', '.join(found)}"
+        )
+    if blocks:
+        return blocks
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0]
+    if not lists:
+        return []
+    largest = max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))
+    return list(largest)
