@@ -54,11 +54,17 @@ class StepScheduler:
 
 @dataclass
 class TrainState:
-    """Counters that a checkpoint must restore to continue a run exactly."""
+    """Counters that a checkpoint must restore to continue a run exactly.
+
+    ``epoch`` and ``epoch_samples`` are the data position: the pass over the training set (it seeds the
+    shuffle) and how many sequences of it all data-parallel ranks together have consumed. Counting
+    global sequences, not per-rank batches, lets a run resume at another data-parallel size.
+    """
 
     step: int = 0
     epoch: int = 0
     tokens_seen: int = 0
+    epoch_samples: int = 0
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,3 +72,65 @@ class TrainState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             setattr(self, key, value)
+
+
+class ResumableSampler:
+    """Wraps a sampler (``DistributedSampler``) so that the next pass starts ``skip`` indices in.
+
+    Resuming mid-epoch skips the consumed indices without loading or collating their examples;
+    the pass after that is complete again. ``len()`` stays the full length of the wrapped sampler.
+    """
+
+    def __init__(self, sampler: Any):
+        self.sampler = sampler
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Any:
+        import itertools
+
+        skip, self.skip = self.skip, 0
+        return itertools.islice(iter(self.sampler), skip, None)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+def rng_state() -> dict[str, Any]:
+    """The random generators of this process: python, numpy (when installed), torch CPU and CUDA."""
+    import random
+
+    import torch
+
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    try:
+        import numpy as np
+
+        state["numpy"] = np.random.get_state()
+    except ImportError:
+        pass
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned (generators missing here or there are left alone)."""
+    import random
+
+    import torch
+
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        try:
+            import numpy as np
+
+            np.random.set_state(state["numpy"])
+        except ImportError:
+            pass
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -23,9 +23,11 @@ from automodel import config as config_mod
 from automodel.builtin.models import materialize, unwrap
 from automodel.context import Context
 from automodel.errors import AutomodelError
+from automodel.launch import REQUEUE_EXIT_CODE
 from automodel.mesh import DIM_ORDER, build_mesh, dp_coordinates, plan_mesh
 from automodel.plugins import Plugins
-from automodel.state import StepScheduler, TrainState
+from automodel.signals import Preempted, StopFlag, clear_marker, write_marker
+from automodel.state import ResumableSampler, StepScheduler, TrainState
 
 # --------------------------------------------------------------------------------------------------
 # Setup helpers
@@ -85,13 +87,50 @@ class HiddenStates:
         self.value = output[0] if isinstance(output, tuple) else output.last_hidden_state
 
 
-def _batches(loader: Any, sampler: Any, state: TrainState) -> Iterator[dict[str, torch.Tensor]]:
-    """Micro-batches forever, epoch after epoch (reshuffled per epoch), from ``state.epoch`` on."""
+def _batches(loader: Any, sampler: Any, state: TrainState, samples_per_batch: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Micro-batches forever, epoch after epoch (reshuffled per epoch), from the data position in ``state``.
+
+    ``state.epoch`` seeds the shuffle; ``state.epoch_samples`` counts the sequences of that epoch all
+    data-parallel ranks have consumed (``samples_per_batch`` = local batch x dp size per micro-batch), so
+    a resumed run skips exactly those, also at another data-parallel size (same global order).
+    """
     while True:
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(state.epoch)
-        yield from loader
+        skip = state.epoch_samples // samples_per_batch
+        state.epoch_samples = skip * samples_per_batch
+        if isinstance(sampler, ResumableSampler):
+            sampler.skip = skip * loader.batch_size
+        for batch in loader:
+            state.epoch_samples += samples_per_batch
+            yield batch
         state.epoch += 1
+        state.epoch_samples = 0
+
+
+def _stop_for_signal(stop: StopFlag, checkpointer: Any, state: dict[str, Any], step: int, ctx: Context,
+                     plugins: Plugins, loggers: list[Any], metrics: dict[str, Any]) -> NoReturn:
+    """SIGTERM/SIGUSR1 seen by any rank: checkpoint (unless this step just was), then exit 75 everywhere."""
+    if getattr(checkpointer, "last_saved", None) != step:
+        path: str | None = str(checkpointer.save(state, step))
+        plugins.hook.on_checkpoint_saved(ctx=ctx, step=step, path=path)
+    else:
+        path = str(checkpointer.dir / f"step_{step}") if hasattr(checkpointer, "dir") else None
+    message = (
+        f"received {stop.name}: stopped after step {step} with checkpoint {path}; exiting with code "
+        f"{REQUEUE_EXIT_CODE} (requeue); run again with checkpoint.resume=auto to continue"
+    )
+    if ctx.is_main:
+        write_marker(ctx.output_dir, {"step": step, "signal": stop.name, "checkpoint": path})
+    ctx.print(message)
+    plugins.hook.on_train_end(ctx=ctx, metrics=metrics)
+    for lg in loggers:
+        lg.close()
+    stop.uninstall()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    raise Preempted(message, step, path)
 
 
 def _grad_sync(model: Any, enabled: bool) -> Any:
@@ -140,6 +179,7 @@ def train(cfg: dict[str, Any], plugins: Plugins) -> dict[str, Any]:
     """Run one training job in this process (one rank of it). Returns the last logged metrics."""
     build = config_mod.build_component
     sched = StepScheduler(**cfg["step_scheduler"])
+    stop = StopFlag().install()  # SIGTERM/SIGUSR1: checkpoint at the next step boundary, exit 75
 
     # -- processes, devices, mesh ----------------------------------------------------------------
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -160,6 +200,7 @@ def train(cfg: dict[str, Any], plugins: Plugins) -> dict[str, Any]:
     if ctx.is_main:
         ctx.output_dir.mkdir(parents=True, exist_ok=True)
         (ctx.output_dir / "config.yaml").write_text(config_mod.dump(cfg))
+        clear_marker(ctx.output_dir)
     _print_components(ctx, cfg, plugins, plan)
 
     # -- model: load, transform, parallelize (innermost first), materialize ----------------------
@@ -184,7 +225,9 @@ def train(cfg: dict[str, Any], plugins: Plugins) -> dict[str, Any]:
     from torch.utils.data import DataLoader, DistributedSampler
 
     train_data = build(plugins, "datasets", cfg["dataset"], ctx, tokenizer)
-    sampler = DistributedSampler(train_data, num_replicas=dp_size, rank=dp_rank, shuffle=True, seed=cfg["seed"], drop_last=True)
+    sampler = ResumableSampler(
+        DistributedSampler(train_data, num_replicas=dp_size, rank=dp_rank, shuffle=True, seed=cfg["seed"], drop_last=True)
+    )
     collate = Collator(tokenizer.pad_token_id)
     loader = DataLoader(train_data, batch_size=sched.local_batch_size, sampler=sampler, collate_fn=collate, drop_last=True)
     accum = sched.grad_accum_steps(dp_size)
@@ -231,9 +274,7 @@ def train(cfg: dict[str, Any], plugins: Plugins) -> dict[str, Any]:
         return loss_fn(labels=labels, num_label_tokens=num_label_tokens, logits=logits)
 
     # -- steps ------------------------------------------------------------------------------------
-    batches = _batches(loader, sampler, train_state)
-    for _ in range(train_state.step * accum % max(len(loader), 1)):  # resume mid-epoch
-        next(batches)
+    batches = _batches(loader, sampler, train_state, sched.local_batch_size * dp_size)  # resumes mid-epoch
     metrics: dict[str, Any] = {}
     window_tokens, window_start = torch.zeros((), dtype=torch.long), time.perf_counter()
     peak_flops = _peak_flops(device)
@@ -285,9 +326,11 @@ def train(cfg: dict[str, Any], plugins: Plugins) -> dict[str, Any]:
         if sched.ckpt_every_steps and step % sched.ckpt_every_steps == 0 and step < total_steps:
             path = checkpointer.save(state, step)
             plugins.hook.on_checkpoint_saved(ctx=ctx, step=step, path=str(path))
+        if step < total_steps and stop.agreed(device, world_size > 1):
+            _stop_for_signal(stop, checkpointer, state, step, ctx, plugins, loggers, metrics)
 
     # -- the end: final checkpoint, export --------------------------------------------------------
-    if getattr(checkpointer, "save_final", False) and resumed != train_state.step:
+    if getattr(checkpointer, "save_final", False) and getattr(checkpointer, "last_saved", resumed) != train_state.step:
         path = checkpointer.save(state, train_state.step)
         plugins.hook.on_checkpoint_saved(ctx=ctx, step=train_state.step, path=str(path))
     if getattr(checkpointer, "export_hf", True):
@@ -295,6 +338,7 @@ def train(cfg: dict[str, Any], plugins: Plugins) -> dict[str, Any]:
     plugins.hook.on_train_end(ctx=ctx, metrics=metrics)
     for lg in loggers:
         lg.close()
+    stop.uninstall()
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from typing import Any
 
 
@@ -21,10 +19,12 @@ class LocalLauncher:
 
             train(job.config, job.plugins)
             return 0
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc_per_node}"]
-        cmd += job.worker_command()
-        print(f"launching {self.nproc_per_node} processes: {' '.join(cmd[1:])}", flush=True)
-        return subprocess.call(cmd, env=job.worker_env())
+        from automodel.signals import run_torchrun, torchrun_command
+
+        args = ["--standalone", f"--nproc_per_node={self.nproc_per_node}", *job.worker_command()]
+        print(f"launching {self.nproc_per_node} processes: torch.distributed.run {' '.join(args)}", flush=True)
+        # forwards SIGTERM/SIGUSR1 to the workers; exit code 75 when they stopped for preemption
+        return run_torchrun(torchrun_command(args), job.worker_env(), job.config["output_dir"])
 
     @staticmethod
     def validate_args(args: dict[str, Any]) -> list[tuple[str, str, str]]:

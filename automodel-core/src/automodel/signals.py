@@ -1,0 +1,165 @@
+"""Preemption: SIGTERM / SIGUSR1 -> finish the step -> checkpoint -> exit with the requeue code.
+
+The protocol launchers and schedulers (Slurm) rely on:
+
+1. A signal handler only sets a flag (:class:`StopFlag`); nothing unsafe runs inside it.
+2. At every step boundary all ranks agree with one all-reduce (a signal reaches ranks at different times),
+   save a checkpoint together, and the main rank writes ``<output_dir>/preempted.json``.
+3. Every training process exits with :data:`automodel.launch.REQUEUE_EXIT_CODE` (75) by raising
+   :class:`Preempted` (a ``SystemExit``); the ``local`` launcher maps torchrun's own exit code to 75
+   too (:func:`run_torchrun`). The next run with ``checkpoint.resume: auto`` continues where it stopped.
+
+No torch import at module level.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from automodel.launch import REQUEUE_EXIT_CODE
+
+#: The signals that ask a run to checkpoint and stop (Slurm sends SIGTERM on preemption/cancel and can
+#: send SIGUSR1 ahead of the time limit with ``--signal=USR1@<seconds>``).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+#: Written by the main rank next to metrics.jsonl when a run stopped for a signal after checkpointing.
+MARKER = "preempted.json"
+
+
+class Preempted(SystemExit):
+    """Raised by the training loop after the stop checkpoint: exits the process with code 75."""
+
+    def __init__(self, message: str, step: int, checkpoint: str | None):
+        super().__init__(REQUEUE_EXIT_CODE)
+        self.message = message
+        self.step = step
+        self.checkpoint = checkpoint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class StopFlag:
+    """Installs handlers for :data:`STOP_SIGNALS` that record the signal; :meth:`agreed` is the collective check."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> StopFlag:
+        for sig in STOP_SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: the caller owns signals
+                pass
+        return self
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "none"
+
+    def agreed(self, device: Any, distributed: bool) -> bool:
+        """True on every rank when any rank got a stop signal (one all-reduce when distributed)."""
+        if not distributed:
+            return self.signum is not None
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([self.signum or 0], dtype=torch.int32, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if self.signum is None and int(flag):
+            self.signum = int(flag)
+        return bool(int(flag))
+
+
+def write_marker(output_dir: str | os.PathLike[str], info: dict[str, Any]) -> None:
+    path = Path(output_dir) / MARKER
+    path.write_text(json.dumps({**info, "exit_code": REQUEUE_EXIT_CODE}) + "\n")
+
+
+def clear_marker(output_dir: str | os.PathLike[str]) -> None:
+    (Path(output_dir) / MARKER).unlink(missing_ok=True)
+
+
+def read_marker(output_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """What a preempted run recorded (step, checkpoint, signal), or None if the last run was not preempted."""
+    path = Path(output_dir) / MARKER
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (Linux /proc; empty elsewhere)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+# torchrun with SIGUSR1 ignored: torchrun does not handle SIGUSR1 (the default action would kill it and
+# orphan the workers when a scheduler signals the whole process group). The workers inherit the ignore
+# only until the training loop installs its own handlers.
+_TORCHRUN = (
+    "import runpy, signal, sys; signal.signal(signal.SIGUSR1, signal.SIG_IGN); sys.argv[0] = 'torchrun'; "
+    "runpy.run_module('torch.distributed.run', run_name='__main__', alter_sys=True)"
+)
+
+
+def torchrun_command(args: list[str]) -> list[str]:
+    """``python -m torch.distributed.run ARGS``, shielded from SIGUSR1 (see :func:`run_torchrun`)."""
+    return [sys.executable, "-c", _TORCHRUN, *args]
+
+
+def run_torchrun(cmd: list[str], env: dict[str, str], output_dir: str | os.PathLike[str]) -> int:
+    """Run torchrun (``cmd``) and return the exit code ``automodel run`` should exit with.
+
+    SIGTERM / SIGUSR1 received by this process are forwarded to the training processes (torchrun's
+    children), which checkpoint and exit 75. torchrun reports a failed child as exit code 1; when the
+    workers left the preemption marker, the result is :data:`REQUEUE_EXIT_CODE` instead.
+    """
+    clear_marker(output_dir)
+    proc = subprocess.Popen(cmd, env=env)
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        workers = _children(proc.pid)
+        for pid in workers or [proc.pid]:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    previous = {}
+    for sig in STOP_SIGNALS:
+        try:
+            previous[sig] = signal.signal(sig, forward)
+        except ValueError:
+            pass
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if code != 0 and read_marker(output_dir) is not None:
+        print(f"training stopped for preemption; exit code {REQUEUE_EXIT_CODE} (requeue)", flush=True)
+        return REQUEUE_EXIT_CODE
+    return code
