@@ -1,0 +1,281 @@
+"""The ``lora`` transform: wrap the model's linear layers with LoRA / DoRA adapters through ``peft``.
+
+``apply`` runs before the parallelizers (DDP, FSDP2, TP) and returns the Hugging Face model itself with
+``peft`` layers injected (``q_proj`` becomes a ``peft`` ``lora.Linear`` around the original layer), so
+every parallelizer and the loop see the usual module tree. Only adapter parameters (and
+``modules_to_save`` copies) keep ``requires_grad``, so the optimizer only sees them. ``export`` replaces
+the full-weights export: a PEFT adapter directory, and optionally the merged model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+from automodel.errors import AutomodelError
+
+ALL_LINEAR = "all-linear"
+ADAPTER = "default"
+
+
+class LoRA:
+    """LoRA / DoRA adapters (``peft.LoraConfig`` + ``peft.get_peft_model``).
+
+    Config keys:
+
+    * ``r``: adapter rank; ``alpha``: scaling numerator (scale = alpha / r, or alpha / sqrt(r) with
+      ``use_rslora``); ``dropout``: dropout on the adapter input.
+    * ``target_modules``: which linear layers get adapters: a list of names (a module matches when its
+      full name equals or ends with ``.<name>``, e.g. ``q_proj``), a regular expression string matched
+      against full module names, or ``all-linear`` (every linear layer except the output head).
+    * ``exclude_modules``: names (list) or a regex of modules to leave alone.
+    * ``use_dora``: weight-decomposed LoRA (DoRA); ``use_rslora``: rank-stabilized scaling.
+    * ``modules_to_save``: modules trained fully and saved with the adapter (e.g. ``[lm_head]``).
+    * ``init_lora_weights``: ``true`` (A Kaiming-uniform, B zero: the model starts unchanged),
+      ``gaussian`` (A normal(0, 1/r), B zero) or ``false`` (both random; for tests).
+    * ``export_merged``: at export also write the merged model (adapters folded into the base weights)
+      as consolidated safetensors to ``<output_dir>/hf/merged``.
+    * ``seed``: seed of the adapter initialization (default: the run's ``seed``). Adapters are
+      initialized from this seed alone, so every process layout starts from the same adapters.
+    """
+
+    def __init__(
+        self,
+        r: int = 8,
+        alpha: float = 16,
+        dropout: float = 0.0,
+        target_modules: list[str] | str = ALL_LINEAR,
+        exclude_modules: list[str] | str | None = None,
+        use_dora: bool = False,
+        use_rslora: bool = False,
+        modules_to_save: list[str] | None = None,
+        init_lora_weights: bool | Literal["gaussian"] = True,
+        export_merged: bool = False,
+        seed: int | None = None,
+    ):
+        problems = validate_args(dict(r=r, alpha=alpha, dropout=dropout, target_modules=target_modules,
+                                      exclude_modules=exclude_modules, init_lora_weights=init_lora_weights))
+        if problems:
+            key, message, hint = problems[0]
+            raise AutomodelError(f"transforms.lora.{key}: {message}" + (f" ({hint})" if hint else ""))
+        self.r = r
+        self.alpha = alpha
+        self.dropout = dropout
+        self.target_modules = target_modules
+        self.exclude_modules = exclude_modules
+        self.use_dora = use_dora
+        self.use_rslora = use_rslora
+        self.modules_to_save = list(modules_to_save) if modules_to_save else None
+        self.init_lora_weights = init_lora_weights
+        self.export_merged = export_merged
+        self.seed = seed
+        self.peft_model: Any = None  # the PeftModel around the returned model, set by apply()
+
+    # -- configuration ----------------------------------------------------------------------------
+
+    def lora_config(self) -> Any:
+        """The ``peft.LoraConfig`` these keys describe."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            task_type="CAUSAL_LM",
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            exclude_modules=self.exclude_modules,
+            use_dora=self.use_dora,
+            use_rslora=self.use_rslora,
+            modules_to_save=self.modules_to_save,
+            init_lora_weights=self.init_lora_weights,
+        )
+
+    # -- the transform contract -------------------------------------------------------------------
+
+    def apply(self, model: Any, ctx: Any) -> Any:
+        from peft import get_peft_model
+
+        if any(p.is_meta for p in model.parameters()):
+            model = _load_unsharded(model, ctx)
+        config = self.lora_config()
+        targets = check_targets(model, config)
+        peft_model = get_peft_model(model, config)
+        self._init_adapters(peft_model, ctx)
+        self.peft_model = peft_model
+
+        total = sum(p.numel() for p in peft_model.parameters())
+        trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+        kinds = Counter(name.rsplit(".", 1)[-1] for name in targets)
+        scale = f"alpha/{'sqrt(r)' if self.use_rslora else 'r'}"
+        ctx.print(
+            f"lora: {'DoRA' if self.use_dora else 'LoRA'} r={self.r} alpha={self.alpha} ({scale}) on {len(targets)} "
+            f"linear layers ({', '.join(f'{k} x{n}' for k, n in kinds.items())})"
+            f"{', full: ' + ', '.join(self.modules_to_save) if self.modules_to_save else ''}; "
+            f"trainable {trainable / 1e6:.3f}M of {total / 1e6:.3f}M parameters ({100 * trainable / total:.2f}%)"
+        )
+        return peft_model.base_model.model
+
+    def _init_adapters(self, peft_model: Any, ctx: Any) -> None:
+        """(Re)initialize every adapter from ``seed`` alone, in module order, so that a run starts from
+        the same adapters whatever the number of processes or the parallelizers."""
+        import torch
+        from peft.tuners.lora import LoraLayer
+
+        seed = self.seed if self.seed is not None else int((ctx.config or {}).get("seed", 0))
+        cuda = sorted({p.device.index or 0 for p in peft_model.parameters() if p.device.type == "cuda"})
+        with torch.random.fork_rng(devices=cuda), torch.no_grad():
+            torch.manual_seed(seed)
+            for module in peft_model.modules():
+                if not isinstance(module, LoraLayer) or ADAPTER not in module.lora_A:
+                    continue
+                if self.init_lora_weights is False:
+                    module.lora_A[ADAPTER].reset_parameters()
+                    module.lora_B[ADAPTER].reset_parameters()
+                else:
+                    module.reset_lora_parameters(ADAPTER, self.init_lora_weights)
+                if ADAPTER in module.lora_magnitude_vector:  # DoRA: magnitude = row norms of W + scale * B A
+                    module.lora_magnitude_vector[ADAPTER].update_layer(
+                        base_layer=module.get_base_layer(), lora_A=module.lora_A[ADAPTER].weight,
+                        lora_B=module.lora_B[ADAPTER].weight, scaling=module.scaling[ADAPTER],
+                    )
+
+    def export(self, model: Any, tokenizer: Any, out_dir: str | Path, ctx: Any) -> Path:
+        """Write a PEFT adapter directory (``PeftModel.from_pretrained(base, out_dir)`` loads it) plus the
+        tokenizer to ``out_dir``; with ``export_merged`` also the merged model to ``out_dir/merged``."""
+        from automodel_lora.export import save_adapter, save_merged
+
+        if self.peft_model is None:
+            raise AutomodelError("transforms.lora: export() called before apply()")
+        out = Path(out_dir)
+        save_adapter(self.peft_model, model, tokenizer, out, ctx)
+        if self.export_merged:
+            save_merged(self.peft_model, model, tokenizer, out / "merged", ctx)
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------------------
+
+
+def validate_args(args: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Checks of the YAML values run before launch (the model is not known yet)."""
+    out: list[tuple[str, str, str]] = []
+    r = args.get("r", 8)
+    if isinstance(r, int) and r < 1:
+        out.append(("r", f"must be a positive integer, got {r}", "typical values: 8, 16, 64"))
+    alpha = args.get("alpha", 16)
+    if isinstance(alpha, (int, float)) and alpha <= 0:
+        out.append(("alpha", f"must be positive, got {alpha}", "a common choice is alpha = 2 * r"))
+    dropout = args.get("dropout", 0.0)
+    if isinstance(dropout, (int, float)) and not 0 <= dropout < 1:
+        out.append(("dropout", f"must be in [0, 1), got {dropout}", "e.g. dropout: 0.05"))
+    for key in ("target_modules", "exclude_modules"):
+        value = args.get(key)
+        if isinstance(value, list) and not value and key == "target_modules":
+            out.append((key, "is empty", "name the layers to adapt, e.g. [q_proj, v_proj], or write all-linear"))
+        if isinstance(value, str) and value != ALL_LINEAR:
+            try:
+                re.compile(value)
+            except re.error as e:
+                out.append((key, f"is not a valid regular expression: {e}", "give a list of names, a regex, or all-linear"))
+    init = args.get("init_lora_weights", True)
+    if isinstance(init, str) and init != "gaussian":
+        out.append(("init_lora_weights", f"unknown initialization {init!r}", "use true, false or gaussian"))
+    return out
+
+
+LoRA.validate_args = staticmethod(validate_args)  # type: ignore[attr-defined]
+
+
+def linear_layer_names(model: Any) -> list[str]:
+    """Full names of the model's ``nn.Linear`` layers."""
+    import torch
+
+    return [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+
+
+def _describe_linears(model: Any) -> str:
+    names = linear_layer_names(model)
+    kinds = Counter(n.rsplit(".", 1)[-1] for n in names)
+    example = {k: next(n for n in names if n.rsplit(".", 1)[-1] == k) for k in kinds}
+    return "\n".join(f"    {k} (x{n}, e.g. {example[k]})" for k, n in kinds.items())
+
+
+def check_targets(model: Any, config: Any) -> list[str]:
+    """The full names of the modules ``config`` adapts; an :class:`AutomodelError` that lists the model's
+    linear layers when a target matches nothing or matches a layer that is not linear."""
+    import torch
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    modules = dict(model.named_modules())
+    names = [n for n in modules if n]
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    problems: list[str] = []
+    target = config.target_modules
+    if isinstance(target, str) and target == ALL_LINEAR:
+        matched = [n for n in linear_layer_names(model) if modules[n] is not head]
+    else:
+        matched = [n for n in names if check_target_module_exists(config, n)]
+        if isinstance(target, str):
+            if not any(re.fullmatch(target, n) for n in names):
+                problems.append(f"target_modules regex {target!r} matches no module")
+        else:
+            for t in sorted(target):
+                if not any(n == t or n.endswith("." + t) for n in names):
+                    problems.append(f"target_modules entry {t!r} matches no module")
+        bad = [n for n in matched if not isinstance(modules[n], torch.nn.Linear)]
+        if bad:
+            problems.append(
+                f"target_modules matches {len(bad)} module(s) that are not linear layers "
+                f"(e.g. {bad[0]}: {type(modules[bad[0]]).__name__}); LoRA here adapts nn.Linear layers "
+                "(train other modules fully with modules_to_save)"
+            )
+    if config.exclude_modules and not isinstance(config.exclude_modules, str):
+        for t in sorted(config.exclude_modules):
+            if not any(n == t or n.endswith("." + t) for n in names):
+                problems.append(f"exclude_modules entry {t!r} matches no module")
+    for t in config.modules_to_save or []:
+        if not any(n == t or n.endswith("." + t) for n in names):
+            problems.append(f"modules_to_save entry {t!r} matches no module")
+    if not matched and not problems:
+        problems.append("target_modules (after exclude_modules) leaves no layer to adapt")
+    if problems:
+        raise AutomodelError(
+            "transforms.lora: " + "; ".join(problems) + f"\n  the model ({type(model).__name__}) has these linear layers:\n"
+            + _describe_linears(model)
+            + "\n  -> use these names in target_modules (a list of names, a regex over full names, or all-linear)"
+        )
+    return matched
+
+
+# --------------------------------------------------------------------------------------------------
+# Meta-device models
+# --------------------------------------------------------------------------------------------------
+
+
+def _load_unsharded(model: Any, ctx: Any) -> Any:
+    """Build real weights for a model the loader left on the meta device (``meta_init`` parallelizers).
+
+    LoRA renames the layers it wraps (``q_proj.weight`` becomes ``q_proj.base_layer.weight``) and adds
+    adapter weights that no checkpoint holds, so the core's sharded meta-device loader cannot fill the
+    adapted model. The base model is loaded here instead, unsharded, on the host of every rank (what
+    ``meta_init: false`` does), before the adapters are added and the parallelizers shard it."""
+    import torch
+
+    source = getattr(model.config, "name_or_path", "") or ""
+    dtype = next(iter(model.parameters())).dtype
+    cls = type(model)
+    ctx.print(
+        f"lora: the model was built on the meta device; loading the base weights unsharded first "
+        f"({source or 'random init'}), as meta_init: false would"
+    )
+    if source:
+        real = cls.from_pretrained(source, config=model.config, dtype=dtype)
+    else:
+        torch.manual_seed(int((ctx.config or {}).get("seed", 0)))
+        real = cls._from_config(model.config, dtype=dtype)
+    real.config.name_or_path = source
+    return real
