@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Install (if needed) and start a single-node Slurm cluster on this machine: munged, slurmctld and
+# slurmd on localhost, no cgroups, no systemd, no accounting. Idempotent: when the cluster already
+# answers, it only checks it. Root only (it writes /etc/slurm and starts daemons).
+#
+#   automodel-plugins/automodel-slurm/ci/start_slurm.sh          # start (or check) the cluster
+#   automodel-plugins/automodel-slurm/ci/start_slurm.sh stop     # stop the daemons this script started
+#
+# Partitions: `debug` (default): this machine. `ghosts`: this machine plus three nodes that never
+# come up (State=DOWN), so that multi-node batch scripts can be checked with `sbatch --test-only`.
+# Tuned for tests: a requeued job restarts in ~12 s (cred_expire=10, sched_interval=2), KillWait=5.
+set -euo pipefail
+
+CONF_DIR=/etc/slurm
+CONF="$CONF_DIR/slurm.conf"
+RUN_DIR=/run/slurm
+LOG_DIR=/var/log/slurm
+SPOOL=/var/spool
+
+log() { echo "start_slurm: $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "must run as root (it installs packages, writes $CONF and starts daemons)"
+
+stop_pid() {  # stop the daemon whose pid file is $1 (only that process)
+    local pidfile=$1 pid
+    [ -f "$pidfile" ] || return 0
+    pid=$(cat "$pidfile" 2>/dev/null || true)
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    rm -f "$pidfile"
+}
+
+if [ "${1:-}" = stop ]; then
+    stop_pid "$RUN_DIR/slurmd.pid"
+    stop_pid "$RUN_DIR/slurmctld.pid"
+    log "stopped slurmd and slurmctld"
+    exit 0
+fi
+
+t0=$(date +%s.%N)
+
+# 1. packages ----------------------------------------------------------------------------------
+if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v sbatch >/dev/null \
+        || ! command -v munged >/dev/null; then
+    log "installing slurmctld slurmd slurm-client munge (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null || die "apt-get update failed"
+    apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null \
+        || die "apt-get install slurmctld slurmd slurm-client munge failed"
+fi
+
+# Where a real systemd runs (a CI runner VM), the packages start their own services: stop them.
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+    systemctl stop slurmd slurmctld >/dev/null 2>&1 || true
+fi
+
+# 2. munge -------------------------------------------------------------------------------------
+if ! munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; then
+    [ -f /etc/munge/munge.key ] || { mungekey --create >/dev/null 2>&1 || create-munge-key -f >/dev/null; }
+    chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
+    mkdir -p /run/munge /var/log/munge /var/lib/munge
+    chown munge:munge /run/munge /var/log/munge /var/lib/munge
+    chmod 755 /run/munge
+    runuser -u munge -- /usr/sbin/munged --force
+    for _ in $(seq 50); do munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
+    munge -n </dev/null | unmunge >/dev/null 2>&1 || die "munged did not start (see /var/log/munge/munged.log)"
+fi
+
+# 3. slurm.conf --------------------------------------------------------------------------------
+HOST=$(hostname -s)
+NODE_LINE=$(slurmd -C | head -n 1)                      # NodeName=<host> CPUs=.. Boards=.. ... RealMemory=..
+NODE_LINE=$(sed -E 's/ RealMemory=[0-9]+//' <<<"$NODE_LINE")
+MEM=$(( $(free -m | awk '/^Mem:/ {print $2}') * 9 / 10 ))
+CPUS=$(sed -nE 's/.* CPUs=([0-9]+).*/\1/p' <<<"$NODE_LINE")
+mkdir -p "$CONF_DIR" "$RUN_DIR" "$LOG_DIR" "$SPOOL/slurmctld" "$SPOOL/slurmd"
+NEW_CONF=$(cat <<CONF
+# written by automodel-slurm ci/start_slurm.sh: a single-node test cluster
+ClusterName=automodel-ci
+SlurmctldHost=$HOST(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=cred_expire=10
+StateSaveLocation=$SPOOL/slurmctld
+SlurmdSpoolDir=$SPOOL/slurmd
+SlurmctldPidFile=$RUN_DIR/slurmctld.pid
+SlurmdPidFile=$RUN_DIR/slurmd.pid
+SlurmctldLogFile=$LOG_DIR/slurmctld.log
+SlurmdLogFile=$LOG_DIR/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+MpiDefault=none
+MailProg=/bin/true
+ReturnToService=2
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=2,bf_interval=2
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+KillWait=5
+MinJobAge=600
+SlurmctldTimeout=30
+SlurmdTimeout=30
+InactiveLimit=0
+$NODE_LINE RealMemory=$MEM NodeAddr=127.0.0.1 State=UNKNOWN
+PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+CONF
+)
+changed=0
+if [ ! -f "$CONF" ] || [ "$(cat "$CONF")" != "$NEW_CONF" ]; then
+    printf '%s\n' "$NEW_CONF" >"$CONF"
+    changed=1
+fi
+
+# 4. daemons -----------------------------------------------------------------------------------
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+if [ "$changed" = 1 ]; then
+    stop_pid "$RUN_DIR/slurmd.pid"
+    stop_pid "$RUN_DIR/slurmctld.pid"
+fi
+if ! alive "$RUN_DIR/slurmctld.pid"; then
+    setsid nohup slurmctld -D -i >>"$LOG_DIR/slurmctld.out" 2>&1 </dev/null &
+    echo $! >"$RUN_DIR/slurmctld.pid"
+    log "started slurmctld (pid $(cat "$RUN_DIR/slurmctld.pid"))"
+fi
+for _ in $(seq 100); do scontrol ping 2>/dev/null | grep -q UP && break; sleep 0.1; done
+scontrol ping | grep -q UP || die "slurmctld does not answer; see $LOG_DIR/slurmctld.log"
+if ! alive "$RUN_DIR/slurmd.pid"; then
+    setsid nohup slurmd -D >>"$LOG_DIR/slurmd.out" 2>&1 </dev/null &
+    echo $! >"$RUN_DIR/slurmd.pid"
+    log "started slurmd (pid $(cat "$RUN_DIR/slurmd.pid"))"
+fi
+
+# 5. wait for the node -------------------------------------------------------------------------
+state=""
+for _ in $(seq 150); do
+    state=$(sinfo -h -n "$HOST" -o %T 2>/dev/null | head -n 1)
+    case "$state" in idle|mixed|allocated|completing) break ;; esac
+    sleep 0.1
+done
+case "$state" in
+    idle|mixed|allocated|completing) ;;
+    down*|drain*)  # e.g. left DOWN by an earlier unclean stop
+        scontrol update NodeName="$HOST" State=RESUME >/dev/null 2>&1 || true
+        sleep 1; state=$(sinfo -h -n "$HOST" -o %T | head -n 1) ;;
+esac
+case "$state" in
+    idle|mixed|allocated|completing) ;;
+    *) die "node $HOST is '$state', not idle; see $LOG_DIR/slurmd.log and $LOG_DIR/slurmctld.log" ;;
+esac
+t1=$(date +%s.%N)
+log "cluster up: node $HOST ($CPUS CPUs) is $state, partitions: $(sinfo -h -o %P | tr '\n' ' ')($(awk "BEGIN {printf \"%.1f\", $t1 - $t0}") s)"
