@@ -167,6 +167,23 @@ def plugins(as_json: bool, check: bool, plugin_modules: tuple[str, ...]) -> None
         sys.exit(2)
 
 
+@cli.command(name="export")
+@click.argument("checkpoint", metavar="CKPT", type=click.Path(exists=True))
+@click.argument("out_dir", metavar="OUT", type=click.Path(file_okay=False))
+@plugin_option
+def export_cmd(checkpoint: str, out_dir: str, plugin_modules: tuple[str, ...]) -> None:
+    """Write a Hugging Face model (safetensors + index + config + tokenizer) from a training checkpoint.
+
+    CKPT is a step_<N> directory, a checkpoint directory or a run directory (its newest complete
+    checkpoint). The model is rebuilt from the checkpoint's config.yaml on CPU; OUT loads with
+    transformers.AutoModelForCausalLM.from_pretrained.
+    """
+    from automodel.builtin.checkpoint import export_checkpoint
+
+    out = export_checkpoint(checkpoint, out_dir, plugin_modules)
+    click.echo(f"exported {checkpoint} to {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors print one screen and exit 2 (tracebacks with --debug)."""
     args = sys.argv[1:] if argv is None else argv

@@ -19,12 +19,15 @@ moves: a process killed at any moment leaves at worst a temp dir, never a half-w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -267,7 +270,8 @@ class Checkpointer:
         self._barrier()
 
         sd = self._dcp_state(state)
-        dcp.save(sd, storage_writer=dcp.FileSystemWriter(str(tmp), sync_files=True))
+        with _quiet_single_process():
+            dcp.save(sd, storage_writer=dcp.FileSystemWriter(str(tmp), sync_files=True))
         rank_file = tmp / f"rank_{ctx.rank}.pt"
         with rank_file.open("wb") as f:
             torch.save({"rank": ctx.rank, "world_size": ctx.world_size, "rng": rng_state()}, f)
@@ -371,7 +375,8 @@ class Checkpointer:
             sd = self._dcp_state(state)
             meta = self._check_identity(path, state, sd["model"])
             try:
-                dcp.load(sd, storage_reader=dcp.FileSystemReader(str(path)))
+                with _quiet_single_process():
+                    dcp.load(sd, storage_reader=dcp.FileSystemReader(str(path)))
             except Exception as e:  # noqa: BLE001 - a damaged checkpoint: fall back to the previous one
                 if self.resume != "auto" or i == len(paths) - 1:
                     raise CheckpointError(f"checkpoint: cannot load {path}: {e}") from e
@@ -420,8 +425,22 @@ class Checkpointer:
             out.mkdir(parents=True, exist_ok=True)
             unwrap(model).save_pretrained(out, state_dict=sd, max_shard_size="2GB")
             tokenizer.save_pretrained(out)
+            _ensure_index(out)
         self._barrier()
         return out
+
+
+def _ensure_index(out: Path) -> None:
+    """``model.safetensors.index.json`` also for a single-file export (tools that expect an index find one)."""
+    index, single = out / "model.safetensors.index.json", out / "model.safetensors"
+    if index.exists() or not single.exists():
+        return
+    from safetensors import safe_open
+
+    with safe_open(str(single), framework="pt") as f:
+        names = list(f.keys())
+    weight_map = {name: single.name for name in sorted(names)}
+    index.write_text(json.dumps({"metadata": {"total_size": single.stat().st_size}, "weight_map": weight_map}, indent=2))
 
 
 def _save_generation_config(model: Any, out: Path) -> None:
@@ -448,3 +467,62 @@ def export_sharded(sd: dict[str, Any], out: Path, ctx: Any, shard_bytes: int = 2
     dcp.save(sd, storage_writer=writer)
     if ctx.is_main:
         shutil.rmtree(out / "sharded", ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# ``automodel export CKPT OUT``
+# --------------------------------------------------------------------------------------------------
+
+
+def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+                      plugin_modules: list[str] | tuple[str, ...] = ()) -> Path:
+    """Write a Hugging Face model directory from a training checkpoint, in this process on CPU.
+
+    The model is rebuilt from the checkpoint's own ``config.yaml`` (model loader + transforms; the
+    tokenizer and base model paths it names must still exist), its weights are loaded from the DCP
+    state (any world size, sharded or not), and the run's export (a transform's, or safetensors) is written.
+    """
+    import torch.distributed.checkpoint as dcp
+    import yaml
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    from automodel import config as config_mod
+    from automodel.context import Context
+    from automodel.plugins import load_plugins
+
+    path = resolve(checkpoint, report=print)
+    cfg = yaml.safe_load((path / "config.yaml").read_text())
+    local = list(plugin_modules) + [m for m in cfg.get("plugins") or [] if isinstance(m, str)]
+    plugins = load_plugins(local)
+    plugins.raise_on_failures()
+    out = Path(out_dir)
+    ctx = Context(device="cpu", output_dir=out, config=cfg, plugins=plugins)
+    model, tokenizer = config_mod.build_component(plugins, "model_loaders", cfg["model"], ctx)
+    transforms = [config_mod.build_component(plugins, "model_transforms", t) for t in cfg.get("transforms") or []]
+    for t in transforms:
+        model = t.apply(model, ctx)
+
+    sd = get_model_state_dict(model)
+    current = model_identity({"model": model}, cfg, sd)
+    meta = read_meta(path)
+    if meta.get("fingerprint") != fingerprint(current):
+        lines = "\n".join(f"  - {d}" for d in _differences(meta.get("identity", {}), current))
+        raise CheckpointError(f"export: the model rebuilt from {path / 'config.yaml'} does not match the checkpoint:\n{lines}")
+    with _quiet_single_process():
+        dcp.load({"model": sd}, storage_reader=dcp.FileSystemReader(str(path)))
+    set_model_state_dict(model, sd)
+    exporters = [t for t in transforms if hasattr(t, "export")]
+    if exporters:
+        for t in exporters:
+            t.export(model, tokenizer, out, ctx)
+    else:
+        Checkpointer(ctx).export(model, tokenizer, out)
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_single_process() -> Iterator[None]:
+    """Silence DCP's 'assuming the intent is to save/load in a single process' warning (that is the intent)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to")
+        yield
