@@ -12,14 +12,13 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.device_mesh import init_device_mesh
-
 from automodel.builtin.models import hf, init_weights, materialize
 from automodel.context import Context
 from automodel.testing import TINY_LLAMA
 from automodel_fsdp2.parallel import FSDP2, FSDP2Replicate
+from safetensors.torch import load_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
 
 SEED = 1234
 

@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 from automodel.errors import AutomodelError
 
-Dtype = Literal["float32", "bfloat16", "float16"]
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -39,9 +38,9 @@ class FSDP2:
     def __init__(
         self,
         size: int | None = None,
-        param_dtype: Dtype | None = None,
-        reduce_dtype: Dtype | None = None,
-        output_dtype: Dtype | None = None,
+        param_dtype: Literal["float32", "bfloat16", "float16"] | None = None,
+        reduce_dtype: Literal["float32", "bfloat16", "float16"] | None = None,
+        output_dtype: Literal["float32", "bfloat16", "float16"] | None = None,
         reshard_after_forward: bool | int = True,
         cpu_offload: bool = False,
         activation_checkpointing: bool = False,
