@@ -1,0 +1,51 @@
+"""Developer sessions. `nox -s tests` is what CI runs (through README's test command).
+
+    nox -s tests        unit, plugin and end-to-end tests (CPU, no network)
+    nox -s lint         ruff
+    nox -s docs         check the generated hook reference is current
+    nox -s quickstart   train the quickstart model and check it learned
+    nox -s bench        benchmarks (print ratios; not part of the tests)
+"""
+
+import nox
+
+nox.options.sessions = ["lint", "docs", "tests"]
+nox.options.default_venv_backend = "venv"
+
+
+def install(session: nox.Session) -> None:
+    session.install("-r", "requirements-dev.txt")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    install(session)
+    session.run("pytest", "tests", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    session.install("torch==2.13.0", "-e", "./automodel-core")
+    session.run("python", "docs/gen_hooks.py", "--check")
+
+
+@nox.session
+def quickstart(session: nox.Session) -> None:
+    session.install("torch==2.13.0", "-e", "./automodel-core")
+    session.run("automodel", "run", "examples/quickstart/config.yaml", *session.posargs)
+    session.run("python", "examples/quickstart/generate.py")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    install(session)
+    import glob
+
+    for script in sorted(glob.glob("tests/benchmarks/bench_*.py")):
+        session.run("python", script)
