@@ -96,6 +96,7 @@ class TensorParallel:
                 raise AutomodelError(f"parallel.tp: unknown style '{style}' for '{name}' (from {source}); "
                                      f"use parallel.tp.plan to give one of {sorted(plans.STYLES)}")
             styles.update(_lora_aware(hf, name, style, factory))
+        frozen = {n for n, p in hf.named_parameters() if not p.requires_grad}
         parallelize_module(hf, tp_mesh, styles)
 
         # Whatever the plan leaves whole (norms, ...) becomes replicated DTensors too: gradient clipping
@@ -105,6 +106,9 @@ class TensorParallel:
         for module in hf.modules():
             if any(not isinstance(p, DTensor) for p in module.parameters(recurse=False)):
                 parallelize_module(module, tp_mesh, plans.STYLES["replicate"]())
+        for n, p in hf.named_parameters():  # some torch styles (SequenceParallel) make new, trainable parameters
+            if n in frozen:
+                p.requires_grad_(False)
         if tied:
             _retie(hf, lm_head, names.get(id(in_emb)))
         if self.sequence_parallel:
@@ -128,27 +132,30 @@ def _base_model(model: Any) -> Any:
 
 
 def _lora_aware(hf: Any, name: str, style: str, factory: Any) -> dict[str, Any]:
-    """Styles for one plan entry; a PEFT LoRA layer (``base_layer`` + ``lora_A``/``lora_B``) is split:
-    the base layer takes the style, LoRA A/B the matching halves (colwise: A whole, B colwise;
-    rowwise: A rowwise, B whole)."""
+    """Styles for one plan entry. A PEFT LoRA layer (``base_layer`` + ``lora_A``/``lora_B``) is split:
+    the base layer takes the style; for a colwise layer A stays whole and B is colwise, for a rowwise
+    layer A is rowwise and B stays whole (fed sequence shards under sequence parallelism, so its
+    gradient is summed over the ranks)."""
     from automodel_tp import plans
 
     module = hf.get_submodule(name)
     if not (hasattr(module, "base_layer") and hasattr(module, "lora_A")):
         return {name: factory()}
-    out = {f"{name}.base_layer": factory()}
+    if any(len(d) for d in (getattr(module, "lora_magnitude_vector", None) or {},)):
+        raise AutomodelError(f"parallel.tp: DoRA adapters ('{name}') are not supported with tensor parallelism; "
+                             "use LoRA (use_dora: false)")
     if style.startswith("colwise"):
-        a_style, b_style = "replicate", style
+        a_style, b_style = (lambda: plans.ReplicateParallel()), factory
     elif style.startswith("rowwise"):
-        a_style, b_style = style, "replicate"
+        sharded_seq = style == "rowwise_sequence_output"
+        a_style, b_style = factory, (lambda: plans.ReplicateParallel(input_dim=1 if sharded_seq else None))
     else:
         raise AutomodelError(f"parallel.tp: style '{style}' of '{name}' is not supported on a LoRA layer; "
                              "use colwise/rowwise styles or leave the module out of the LoRA targets")
-    if style in ("rowwise_sequence_output",):  # A's output is rank-r: keep it replicated, scatter after B
-        a_style, b_style = "rowwise", "replicate"
+    out = {f"{name}.base_layer": factory()}
     for adapter in module.lora_A:
-        out[f"{name}.lora_A.{adapter}"] = plans.STYLES[a_style]()
-        out[f"{name}.lora_B.{adapter}"] = plans.STYLES[b_style]()
+        out[f"{name}.lora_A.{adapter}"] = a_style()
+        out[f"{name}.lora_B.{adapter}"] = b_style()
     return out
 
 
