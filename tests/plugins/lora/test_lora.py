@@ -1,0 +1,317 @@
+"""automodel-lora on CPU: training, PEFT adapter / merged export, DDP and FSDP2 against one process, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from automodel.testing import make_config, read_metrics, run_cli, tiny_model
+
+LORA = {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"], "export_merged": True}
+# Global batch 8 = 2 sequences x 4 micro-batches in one process, x 2 micro-batches x 2 ranks in two.
+SCHED = {"global_batch_size": 8, "local_batch_size": 2, "max_steps": 8, "log_every_steps": 1, "ckpt_every_steps": 4}
+CKPT = {"export_hf": True, "save_final": True, "keep_last": 5}
+TWO = {"launcher": {"name": "local", "nproc_per_node": 2}}
+PROMPTS = ["reverse abc\n", "reverse hello\ncba", "reverse xyzzy\n"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The same LoRA run in one process, under DDP and under FSDP2 on two processes."""
+    root = tmp_path_factory.mktemp("lora")
+    model = tiny_model(root)
+    out: dict[str, Any] = {"model": model, "root": root}
+    variants = {"single": {}, "ddp": {**TWO, "parallel": [{"name": "ddp"}]}, "fsdp2": {**TWO, "parallel": [{"name": "fsdp2"}]}}
+    for name, extra in variants.items():
+        cfg = make_config(root / name, model, transforms=[LORA], optimizer={"name": "adamw", "lr": 2.0e-2},
+                          step_scheduler=SCHED, checkpoint=CKPT, **extra)
+        run_cli("run", cfg, cwd=root)
+        out[name] = root / name / "run"
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _batch(tokenizer: Any) -> dict[str, torch.Tensor]:
+    return tokenizer(PROMPTS, return_tensors="pt", padding=True)
+
+
+@torch.no_grad()
+def _logits(model: Any, tokenizer: Any) -> torch.Tensor:
+    model.eval()
+    return model(**_batch(tokenizer)).logits
+
+
+def _base(model_dir: Path) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir)
+
+
+def _tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _training_model(run_dir: Path, step: int) -> Any:
+    """The model of ``run_dir`` as it was trained (tiny model + lora transform), loaded from its checkpoint."""
+    import torch.distributed.checkpoint as dcp
+    from automodel.context import Context
+    from automodel_lora.transform import LoRA
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    spec = {k: v for k, v in cfg["transforms"][0].items() if k != "name"}
+    model = LoRA(**spec).apply(_base(Path(cfg["model"]["pretrained"])), Context(config=cfg))
+    sd = get_model_state_dict(model)
+    dcp.load({"model": sd}, checkpoint_id=str(run_dir / "checkpoints" / f"step_{step}"))
+    set_model_state_dict(model, sd)
+    return model
+
+
+def _safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _assert_same_losses(got: list[dict], want: list[dict]) -> None:
+    assert [m["step"] for m in got] == [m["step"] for m in want]
+    for g, w in zip(got, want):
+        assert g["loss"] == pytest.approx(w["loss"], rel=1e-5), (g["step"], g["loss"], w["loss"])
+        assert g["grad_norm"] == pytest.approx(w["grad_norm"], rel=1e-4), (g["step"], g["grad_norm"], w["grad_norm"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Tests
+# --------------------------------------------------------------------------------------------------
+
+
+def test_plugin_is_installed_and_listed() -> None:
+    listing = json.loads(run_cli("plugins", "--json").stdout)
+    entry = next(p for p in listing if p["name"] == "lora")
+    assert entry["registers"]["model_transforms"] == ["lora"]
+
+
+def test_adapter_trains_and_loss_falls(runs: dict[str, Any]) -> None:
+    losses = [m["loss"] for m in read_metrics(runs["single"])]
+    assert len(losses) == SCHED["max_steps"]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05, losses
+
+
+def test_only_adapter_parameters_change(runs: dict[str, Any]) -> None:
+    trained = _training_model(runs["single"], SCHED["max_steps"])
+    original = _base(runs["model"]).state_dict()
+    adapters, frozen = 0, 0
+    for name, p in trained.named_parameters():
+        if "lora_" in name:
+            adapters += 1
+            assert p.requires_grad, name
+            continue
+        frozen += 1
+        assert not p.requires_grad, name
+        torch.testing.assert_close(p.detach(), original[name.replace(".base_layer", "")], rtol=0, atol=0, msg=name)
+    assert adapters == 2 * 3 * 2 and frozen == len(original)  # A and B of 3 layer kinds in 2 blocks
+    lora_b = [p for n, p in trained.named_parameters() if "lora_B" in n]
+    assert all(float(p.detach().abs().max()) > 0 for p in lora_b)  # B starts at zero: it was trained
+
+
+def test_peft_loads_the_adapter_with_the_training_logits(runs: dict[str, Any]) -> None:
+    from peft import PeftModel
+
+    hf = runs["single"] / "hf"
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json"} <= {p.name for p in hf.iterdir()}
+    assert not any(k.endswith(("q_proj.weight", "base_layer.weight")) for k in _safetensors(hf / "adapter_model.safetensors"))
+    tok = _tokenizer(hf)
+    loaded = PeftModel.from_pretrained(_base(runs["model"]), hf)
+    want = _logits(_training_model(runs["single"], SCHED["max_steps"]), tok)
+    torch.testing.assert_close(_logits(loaded, tok), want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(_logits(_base(runs["model"]), tok), want, atol=1e-3)  # the adapter matters
+
+
+def test_merged_export_equals_adapter_on_base(runs: dict[str, Any]) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    hf = runs["single"] / "hf"
+    merged = AutoModelForCausalLM.from_pretrained(hf / "merged")
+    assert not any("lora" in k or "base_layer" in k for k in merged.state_dict())
+    tok = _tokenizer(hf / "merged")
+    adapter_on_base = PeftModel.from_pretrained(_base(runs["model"]), hf)
+    torch.testing.assert_close(_logits(merged, tok), _logits(adapter_on_base, tok), rtol=1e-5, atol=1e-5)
+
+
+def test_ddp_two_processes_match_one(runs: dict[str, Any]) -> None:
+    _assert_same_losses(read_metrics(runs["ddp"]), read_metrics(runs["single"]))
+    got, want = (_safetensors(runs[n] / "hf" / "adapter_model.safetensors") for n in ("ddp", "single"))
+    assert set(got) == set(want)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_fsdp2_two_processes_match_one(runs: dict[str, Any]) -> None:
+    """Frozen base weights and trainable adapters share FSDP2 blocks; export gathers the DTensors."""
+    pytest.importorskip("automodel_fsdp2")
+    _assert_same_losses(read_metrics(runs["fsdp2"]), read_metrics(runs["single"]))
+    got, want = (_safetensors(runs[n] / "hf" / "adapter_model.safetensors") for n in ("fsdp2", "single"))
+    assert set(got) == set(want)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+    got, want = (_safetensors(runs[n] / "hf" / "merged" / "model.safetensors") for n in ("fsdp2", "single"))
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_resume_continues_the_same_curve(runs: dict[str, Any]) -> None:
+    """Resume the single run's step-4 checkpoint in a new run directory: steps 5-8 match."""
+    root = runs["root"] / "resumed"
+    ckpt = runs["single"] / "checkpoints" / f"step_{SCHED['ckpt_every_steps']}"
+    cfg = make_config(root, runs["model"], transforms=[LORA], optimizer={"name": "adamw", "lr": 2.0e-2},
+                      step_scheduler=SCHED, checkpoint={**CKPT, "resume": str(ckpt)})
+    run_cli("run", cfg, cwd=root)
+    want = [m for m in read_metrics(runs["single"]) if m["step"] > SCHED["ckpt_every_steps"]]
+    _assert_same_losses(read_metrics(root / "run"), want)
+
+
+def test_export_command_writes_the_adapter(runs: dict[str, Any], tmp_path: Path) -> None:
+    """``automodel export`` rebuilds the LoRA model from the checkpoint and writes adapter + merged."""
+    out = tmp_path / "exported"
+    run_cli("export", runs["single"] / "checkpoints" / f"step_{SCHED['max_steps']}", out)
+    got, want = (_safetensors(d / "adapter_model.safetensors") for d in (out, runs["single"] / "hf"))
+    assert set(got) == set(want)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+    assert (out / "merged" / "model.safetensors").is_file()
+
+
+def test_unknown_target_module_lists_the_linear_layers(tmp_path: Path) -> None:
+    model = tiny_model(tmp_path)
+    cfg = make_config(tmp_path, model, transforms=[{"name": "lora", "target_modules": ["q_proj", "qkv_proj"]}])
+    proc = run_cli("run", cfg, cwd=tmp_path, check=False)
+    err = proc.stdout + proc.stderr
+    assert proc.returncode == 2, err
+    assert "'qkv_proj' matches no module" in err
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"):
+        assert name in err.split("linear layers:")[1], err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("override", "expect"),
+    [
+        ("transforms.0.r=0", "transforms.0.r: must be a positive integer"),
+        ("transforms.0.r=eight", "transforms.0.r: expected int"),
+        ("transforms.0.dropout=1.5", "transforms.0.dropout: must be in [0, 1)"),
+        ("transforms.0.target_modules=[", "transforms.0.target_modules: is not a valid regular expression"),
+        ("transforms.0.init_lora_weights=pissa", "transforms.0.init_lora_weights: expected"),
+        ("transforms.0.lora_alpha=8", "transforms.0.lora_alpha: unknown key"),
+    ],
+)
+def test_bad_values_fail_before_launch(tmp_path: Path, override: str, expect: str) -> None:
+    (tmp_path / "model").mkdir()
+    cfg = make_config(tmp_path, tmp_path / "model", transforms=[{"name": "lora"}])
+    proc = run_cli("validate", cfg, override, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert expect in proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# In-process: target forms, DoRA / rsLoRA / modules_to_save export round trip
+# --------------------------------------------------------------------------------------------------
+
+
+def _apply(model_dir: Path, **kwargs: Any) -> tuple[Any, Any]:
+    from automodel.context import Context
+    from automodel_lora.transform import LoRA
+
+    transform = LoRA(**kwargs)
+    return transform, transform.apply(_base(model_dir), Context(config={"seed": 3}))
+
+
+def _adapted(model: Any) -> set[str]:
+    return {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "lora_A")}
+
+
+def test_target_module_forms(tmp_path: Path) -> None:
+    model_dir = tiny_model(tmp_path)
+    linear = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert _adapted(_apply(model_dir)[1]) == linear  # all-linear: every linear layer but lm_head
+    assert _adapted(_apply(model_dir, target_modules=r".*\.mlp\.(up|down)_proj")[1]) == {"up_proj", "down_proj"}
+    assert _adapted(_apply(model_dir, exclude_modules=["o_proj", "gate_proj"])[1]) == linear - {"o_proj", "gate_proj"}
+    _, model = _apply(model_dir, target_modules=["q_proj"], modules_to_save=["lm_head"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "lm_head.modules_to_save" in n for n in trainable), trainable
+    from automodel.errors import AutomodelError
+
+    with pytest.raises(AutomodelError, match="matches no module"):
+        _apply(model_dir, target_modules=r"layers\.\d+\.attn\.q")
+    with pytest.raises(AutomodelError, match="not linear layers"):
+        _apply(model_dir, target_modules=["self_attn"])
+
+
+@pytest.mark.parametrize("kwargs", [{"use_dora": True}, {"use_rslora": True, "modules_to_save": ["lm_head"]}])
+def test_export_round_trip(tmp_path: Path, kwargs: dict[str, Any]) -> None:
+    """Adapters with non-zero B (init_lora_weights: false): PEFT reload and merged model match the model."""
+    from automodel.context import Context
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model_dir = tiny_model(tmp_path)
+    tok = _tokenizer(model_dir)
+    transform, model = _apply(model_dir, r=4, alpha=8, target_modules=["q_proj", "o_proj", "up_proj"],
+                              init_lora_weights=False, export_merged=True, **kwargs)
+    with torch.no_grad():
+        if "modules_to_save" in kwargs:
+            model.lm_head.modules_to_save["default"].weight.mul_(1.5)
+    want = _logits(model, tok)
+    assert not torch.allclose(want, _logits(_base(model_dir), tok), atol=1e-3)
+    out = tmp_path / "hf"
+    transform.export(model, tok, out, Context(output_dir=tmp_path))
+    loaded = PeftModel.from_pretrained(_base(model_dir), out)
+    torch.testing.assert_close(_logits(loaded, tok), want, rtol=1e-5, atol=1e-5)
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    torch.testing.assert_close(_logits(merged, tok), want, rtol=1e-4, atol=1e-5)
+
+
+def test_adapters_do_not_depend_on_the_device_layout(tmp_path: Path) -> None:
+    """Adapter init comes from the seed alone (not from the global RNG stream the loader consumed)."""
+    model_dir = tiny_model(tmp_path)
+    _, a = _apply(model_dir, init_lora_weights=False)
+    torch.rand(100)
+    _, b = _apply(model_dir, init_lora_weights=False)
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
+
+
+def test_meta_model_is_loaded_before_adapting(tmp_path: Path) -> None:
+    """A loader that built the model on meta (meta_init parallelizers): the base weights are loaded first."""
+    from accelerate import init_empty_weights
+    from automodel.context import Context
+    from automodel_lora.transform import LoRA
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_dir = tiny_model(tmp_path)
+    with init_empty_weights(include_buffers=False):
+        meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    meta.config.name_or_path = str(model_dir)
+    model = LoRA(target_modules=["q_proj"]).apply(meta, Context(config={"seed": 3}, meta_init=True))
+    assert not any(p.is_meta for p in model.parameters())
+    base = _base(model_dir)
+    torch.testing.assert_close(model.model.layers[0].self_attn.q_proj.base_layer.weight, base.model.layers[0].self_attn.q_proj.weight)
+    tok = _tokenizer(model_dir)
+    torch.testing.assert_close(_logits(model, tok), _logits(base, tok))  # B = 0: unchanged at start
+
+
+def test_run_dir_has_no_full_weights(runs: dict[str, Any]) -> None:
+    """The adapter directory is small: no base weights are exported next to it."""
+    size = (runs["single"] / "hf" / "adapter_model.safetensors").stat().st_size
+    full = sum(p.stat().st_size for p in runs["model"].glob("*.safetensors"))
+    assert size < full / 5
