@@ -175,8 +175,22 @@ def _peak_flops(device: torch.device) -> float | None:
 # --------------------------------------------------------------------------------------------------
 
 
+def _quiet_libraries() -> None:
+    """Our console logger reports progress; silence the libraries' bars and single-process DCP warning."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+
+
 def train(cfg: dict[str, Any], plugins: Plugins) -> dict[str, Any]:
     """Run one training job in this process (one rank of it). Returns the last logged metrics."""
+    if not os.environ.get("AUTOMODEL_VERBOSE"):
+        _quiet_libraries()
     build = config_mod.build_component
     sched = StepScheduler(**cfg["step_scheduler"])
     stop = StopFlag().install()  # SIGTERM/SIGUSR1: checkpoint at the next step boundary, exit 75
