@@ -102,6 +102,7 @@ SchedulerParameters=sched_interval=2,bf_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 KillWait=5
+EnforcePartLimits=ALL
 MinJobAge=600
 SlurmctldTimeout=30
 SlurmdTimeout=30

@@ -55,6 +55,8 @@ class SlurmLauncher:
             (``--signal=B:USR1@<grace>``); ``null`` for no signal. Must cover a step plus a checkpoint.
         max_requeues: stop requeuing after this many restarts (``SLURM_RESTART_COUNT``).
         log_dir: where the job log goes, default ``<output_dir>/slurm``.
+        workdir: the job's working directory (``--chdir``), default the current directory (it is put
+            on ``PYTHONPATH`` so local ``--plugin`` modules import on the nodes).
         python: the interpreter on the compute nodes; default this one (``python`` in a container).
         master_port: rendezvous port; default derived from the job id (20000-39999).
         dry_run: print the script (written to ``<output_dir>/slurm/job.sbatch``), do not submit.
@@ -73,7 +75,7 @@ class SlurmLauncher:
         partition: str | None = None,
         account: str | None = None,
         qos: str | None = None,
-        time: str | None = None,
+        time: str | int | None = None,
         job_name: str | None = None,
         container_image: str | None = None,
         container_mounts: list[str] | None = None,
@@ -85,6 +87,7 @@ class SlurmLauncher:
         signal_grace: int | None = 120,
         max_requeues: int | None = None,
         log_dir: str | None = None,
+        workdir: str | None = None,
         python: str | None = None,
         master_port: int | None = None,
         dry_run: bool = False,
@@ -115,6 +118,7 @@ class SlurmLauncher:
         self.signal_grace = signal_grace
         self.max_requeues = max_requeues
         self.log_dir = log_dir
+        self.workdir = workdir
         self.python = python or ("python" if container_image else sys.executable)
         self.master_port = master_port
         self.dry_run = dry_run
@@ -129,9 +133,10 @@ class SlurmLauncher:
             plan=self.plan,
             worker_command=job.worker_command(),
             python=self.python,
-            workdir=os.getcwd(),
+            workdir=str(Path(self.workdir).resolve()) if self.workdir else os.getcwd(),
             log_path=str(log_dir / "slurm-%j.out"),
             config_path=str(job.config_path),
+            output_dir=str(out),
             job_name=self.job_name or f"automodel-{out.name}",
             partition=self.partition, account=self.account, qos=self.qos, time=self.time,
             gpus_per_node=self.gpus_per_node, cpus_per_task=self.cpus_per_task, mem=self.mem,

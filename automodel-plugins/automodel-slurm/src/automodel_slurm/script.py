@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from automodel.launch import LAUNCHED_ENV, REQUEUE_EXIT_CODE
+from automodel.signals import MARKER
 
 #: Signals ``torchrun`` traps and forwards to its workers (it waits ``--shutdown-timeout`` for them).
 TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
@@ -77,6 +78,7 @@ class ScriptSpec:
     workdir: str
     log_path: str  # with %j
     config_path: str
+    output_dir: str
     job_name: str
     partition: str | None = None
     account: str | None = None
@@ -137,6 +139,8 @@ def srun_command(spec: ScriptSpec) -> list[str]:
     """The ``srun`` command as shell lines (already quoted): srun options, then what each task runs."""
     p = spec.plan
     srun = ["srun", "--kill-on-bad-exit=1", f"--nodes={p.nodes}", f"--ntasks-per-node={p.tasks_per_node}"]
+    if spec.cpus_per_task:  # Slurm 22.05-23.02 srun does not inherit it from sbatch
+        srun.append(f"--cpus-per-task={spec.cpus_per_task}")
     lines = [" ".join(srun)]
     if spec.container_image:
         container = [f"--container-image={_q(spec.container_image)}"]
@@ -171,7 +175,6 @@ def render(spec: ScriptSpec) -> str:
         f"# Runs the saved, validated config {spec.config_path}",
         "# Submit again with: sbatch <this file>",
         "",
-        "set -u",
         f"export {LAUNCHED_ENV}=1",
         f'export PYTHONPATH={_q(spec.workdir)}"${{PYTHONPATH:+:$PYTHONPATH}}"',
     ]
@@ -204,12 +207,18 @@ def render(spec: ScriptSpec) -> str:
         "trap 'got_usr1=1; forward USR1' USR1",
         "trap 'got_term=1; forward TERM' TERM",
         "",
+        f"marker={_q(spec.output_dir + '/' + MARKER)}  # written by training when it stopped for a signal",
+        'rm -f "$marker"',
         " \\\n    ".join(srun_command(spec)) + " &",
         "pid=$!",
         'wait "$pid"; rc=$?',
         'while kill -0 "$pid" 2>/dev/null; do wait "$pid"; rc=$?; done  # a trap interrupted wait',
         'wait "$pid" 2>/dev/null; rc=$?',
         'echo "automodel-slurm: training exited with code $rc, $(date -u +%FT%TZ)"',
+        f'if [ "$rc" -ne 0 ] && [ "$rc" -ne {REQUEUE_EXIT_CODE} ] && [ -f "$marker" ]; then',
+        f'    echo "automodel-slurm: training checkpointed for a signal ($marker): exit code {REQUEUE_EXIT_CODE}"',
+        f"    rc={REQUEUE_EXIT_CODE}  # torchrun and srun report their own code when workers exit {REQUEUE_EXIT_CODE}",
+        "fi",
         "",
     ]
     if spec.requeue:

@@ -66,8 +66,11 @@ def _hint(stderr: str) -> str | None:
         return "check launcher.account (`sacctmgr show assoc user=$USER` lists yours)"
     if "qos" in low:
         return "check launcher.qos"
-    if "node configuration is not available" in low or "more processors requested" in low:
+    if any(m in low for m in ("node configuration is not available", "more processors requested",
+                              "node count specification", "memory specification")):
         return "the partition has no nodes that large: check launcher.nodes, ntasks_per_node, gpus_per_node, cpus_per_task, mem"
+    if "generic resource" in low or "gres" in low:
+        return "check launcher.gpus_per_node: the partition has no such GPUs (`sinfo -o '%P %G'`)"
     if "time limit" in low:
         return "check launcher.time against the partition's MaxTime (`sinfo -o '%P %l'`)"
     return None
