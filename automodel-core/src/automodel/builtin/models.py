@@ -102,15 +102,14 @@ def materialize(model: Any, ctx: Any) -> None:
     each module is initialized at full size in module order (the same random stream as an unsharded
     model) and only the local shard is kept.
     """
-    import torch
-
     if not any(p.is_meta for p in model.parameters()):
         return
     buffers = {name: b.detach().clone() for name, b in model.named_buffers() if not b.is_meta}
+    # Parameters where the parallelizer wants them (host memory under CPU offload); buffers on the device.
     model.to_empty(device=ctx.extras.get("materialize_device", ctx.device))
-    with torch.no_grad():
-        for name, value in buffers.items():
-            model.get_buffer(name).copy_(value)
+    for name, value in buffers.items():
+        owner, _, leaf = name.rpartition(".")
+        model.get_submodule(owner)._buffers[leaf] = value.to(ctx.device)
     base = unwrap(model)
     if hasattr(base, "tie_weights"):
         base.tie_weights()
