@@ -310,10 +310,13 @@ class Checkpointer:
     def _prune(self, keep: Path) -> None:
         for stale in [*self.dir.glob(".tmp-step_*"), *self.dir.glob(".trash-step_*")]:
             shutil.rmtree(stale, ignore_errors=True)
-        if not self.keep_last:
-            return
-        complete = [p for p in candidates(self.dir) if verify(p) is None]
-        for old in complete[self.keep_last:]:
+        current = step_of(keep) or 0
+        complete, broken = [], []
+        for p in candidates(self.dir):
+            (complete if verify(p) is None else broken).append(p)
+        doomed = [p for p in broken if (step_of(p) or 0) < current]  # never resumable: reclaim the space
+        doomed += complete[self.keep_last:] if self.keep_last else []
+        for old in doomed:
             if old != keep:
                 trash = old.with_name(f".trash-{old.name}")
                 os.rename(old, trash)  # never leave a half-deleted step_<N> behind
@@ -331,12 +334,18 @@ class Checkpointer:
                     chosen: Any = []
                 else:
                     chosen = []
-                    for path in candidates(self.dir):
+                    found = candidates(self.dir)
+                    for path in found:
                         reason = verify(path)
                         if reason is None:
                             chosen.append(str(path))
                         else:
                             self.ctx.print(f"checkpoint: skipping {path}: {reason}")
+                    if found and not chosen:
+                        chosen = CheckpointError(
+                            f"checkpoint: {self.dir} holds checkpoints but none is complete (see above); refusing to "
+                            "start over silently\n    -> start fresh with checkpoint.resume=never, or restore a checkpoint"
+                        )
             else:
                 try:
                     chosen = [str(resolve(self.resume, report=self.ctx.print))]
@@ -377,7 +386,7 @@ class Checkpointer:
             try:
                 with _quiet_single_process():
                     dcp.load(sd, storage_reader=dcp.FileSystemReader(str(path)))
-            except Exception as e:  # noqa: BLE001 - a damaged checkpoint: fall back to the previous one
+            except (Exception, dcp.api.CheckpointException) as e:  # a damaged checkpoint: fall back to the previous one
                 if self.resume != "auto" or i == len(paths) - 1:
                     raise CheckpointError(f"checkpoint: cannot load {path}: {e}") from e
                 self.ctx.print(f"checkpoint: cannot load {path} ({type(e).__name__}: {e}); trying the previous one")
