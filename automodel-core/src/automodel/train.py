@@ -77,7 +77,9 @@ class Collator:
 class HiddenStates:
     """Captures the decoder's final hidden states so a fused loss never needs the logits."""
 
-    EMPTY = torch.empty(0, dtype=torch.long)
+    # logits_to_keep: one position (index 0), not zero: a zero-length slice breaks DTensor sharding
+    # propagation in a tensor-parallel (ColwiseParallel) lm_head. [batch, 1, vocab] costs nothing.
+    EMPTY = torch.zeros(1, dtype=torch.long)
 
     def __init__(self, model: torch.nn.Module):
         self.value: torch.Tensor | None = None
