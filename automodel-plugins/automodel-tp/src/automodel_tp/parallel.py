@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from automodel.errors import AutomodelError
@@ -117,8 +118,9 @@ class TensorParallel:
         if ctx.is_main:
             sp = ", sequence parallel" if self.sequence_parallel else ""
             lp = ", loss parallel" if self.loss_parallel else ""
+            counts = Counter(plan.values())
             print(f"tp: {size} ranks, plan from {source}{' + overrides' if self.plan else ''}{sp}{lp}: "
-                  f"{len(plan)} modules sharded", flush=True)
+                  + ", ".join(f"{style} x{n}" for style, n in counts.items()), flush=True)
         return model
 
 

@@ -207,4 +207,6 @@ def resolve(
     plan.update({n: s for n, (s, _) in user.items()})
     if sequence_parallel and not any(s == "shard_sequence" for s in plan.values()):
         source += " (sequence_parallel found no first decoder layer 'model.layers.0')"
-    return {n: plan[n] for n in names if n in plan}, source, unused
+    # "replicate" on a module without parameters (an activation a glob caught) has nothing to do
+    empty = {n for n, m in model.named_modules() if n and next(m.parameters(), None) is None}
+    return {n: plan[n] for n in names if n in plan and not (plan[n] == "replicate" and n in empty)}, source, unused
