@@ -327,6 +327,13 @@ class Checkpointer:
     def _choose(self) -> list[Path]:
         """Checkpoints to try, in order (decided on the main rank, the same on all ranks)."""
         if self.resume == "never":
+            old = self.steps() if self.ctx.is_main else []
+            if old:
+                self.ctx.print(
+                    f"checkpoint: warning: resume=never but {self.dir} already holds checkpoints (newest: step {old[-1]}); "
+                    "new saves mix with them and resume: auto would pick the newest step of either run; "
+                    "use a new output_dir or checkpoint.dir to keep runs apart"
+                )
             return []
         if self.ctx.is_main:
             if self.resume == "auto":
