@@ -80,7 +80,8 @@ def _prepare(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @plugin_option
-def run(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str, ...]) -> None:
+@click.option("--dry-run", is_flag=True, help="Validate, then show what the launcher would start (e.g. the sbatch script) without starting it.")
+def run(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str, ...], dry_run: bool = False) -> None:
     """Validate CONFIG (with overrides) and train, through the configured launcher."""
     from automodel import config as config_mod
     from automodel.launch import Job, in_worker
@@ -97,6 +98,11 @@ def run(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str,
     saved = out / "config.yaml"
     saved.write_text(config_mod.dump(cfg))
     launcher = config_mod.build_component(plugins, "launchers", cfg["launcher"])
+    if dry_run:  # launchers that can preview themselves have a `dry_run` attribute (e.g. slurm)
+        if not hasattr(launcher, "dry_run"):
+            name = cfg["launcher"].get("name", cfg["launcher"].get("_target_"))
+            raise AutomodelError(f"--dry-run: the '{name}' launcher has no dry run; `automodel validate {config_path}` checks the config")
+        launcher.dry_run = True
     code = launcher.launch(Job(cfg, saved.resolve(), list(plugin_modules), plugins))
     sys.exit(code)
 
