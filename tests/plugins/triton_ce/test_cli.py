@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from automodel.testing import make_config, read_metrics, run_cli, tiny_model
+from automodel.testing import make_config, run_cli, tiny_model
+from conftest import assert_same_curve, train_curve
 
 
 def test_installed_and_listed(tmp_path):
@@ -20,31 +21,19 @@ def test_installed_and_listed(tmp_path):
 def test_bad_option_is_caught_before_launch(tmp_path, tiny_model_dir):
     cfg = make_config(tmp_path, tiny_model_dir, loss={"name": "triton_ce", "label_smoothing": 2.0})
     proc = run_cli("run", cfg, cwd=tmp_path, check=False)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "loss.label_smoothing" in proc.stdout + proc.stderr and "[0, 1)" in proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "loss.label_smoothing" in out and "[0, 1)" in out
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
-STEPS = {"global_batch_size": 8, "local_batch_size": 4, "max_steps": 5, "log_every_steps": 1}
+@pytest.mark.parametrize("name", ["triton_ce", "chunked_ce"])
+def test_trains_like_builtin_cross_entropy(tmp_path, tiny_model_dir, masked_ce_baseline, name):
+    """Same loss curve and grad norms as masked_ce on the full logits, through the real CLI and loop."""
+    assert_same_curve(train_curve(tmp_path, tiny_model_dir, {"name": name}), masked_ce_baseline, name)
 
 
-def _curve(tmp_path, model_dir, loss, name):
-    cfg = make_config(tmp_path / name, model_dir, loss=loss, step_scheduler=STEPS)
-    run_cli("run", cfg, cwd=tmp_path, env={"TRITON_INTERPRET": "1"})
-    return [m["loss"] for m in read_metrics(tmp_path / name / "run")], [m["grad_norm"] for m in read_metrics(tmp_path / name / "run")]
-
-
-@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
-def test_trains_like_builtin_cross_entropy(tmp_path, tied):
-    """Same loss curve (and grad norms) as masked_ce on the full logits, with the real CLI and loop."""
-    model_dir = tiny_model(tmp_path, tie_word_embeddings=tied)
-    base, base_gn = _curve(tmp_path, model_dir, {"name": "masked_ce"}, "masked")
-    assert base[-1] < base[0] - 0.2  # it really trains
-    losses = ["chunked_ce", "triton_ce"] if not tied else ["chunked_ce"]
-    for name in losses:
-        curve, gn = _curve(tmp_path, model_dir, {"name": name}, name)
-        assert len(curve) == len(base) == 5
-        for a, b in zip(curve, base):
-            assert abs(a - b) < 1e-4 * max(1.0, abs(b)), (name, curve, base)
-        for a, b in zip(gn, base_gn):
-            assert abs(a - b) < 1e-3 * max(1.0, abs(b)), (name, gn, base_gn)
+def test_tied_embeddings_train_like_builtin(tmp_path):
+    model_dir = tiny_model(tmp_path, tie_word_embeddings=True)
+    base = train_curve(tmp_path / "masked", model_dir, {"name": "masked_ce"})
+    assert_same_curve(train_curve(tmp_path / "chunked", model_dir, {"name": "chunked_ce"}), base, "tied chunked_ce")

@@ -277,6 +277,9 @@ def fused_linear_cross_entropy(
     skipped). ``num_label_tokens`` defaults to this call's label-token count (a mean).
     """
     w, h, shard, div = _prepare_weight(weight, hidden_states)
+    if h.dim() == 3 and labels.dim() == 2 and h.shape[0] == labels.shape[0] and h.shape[1] > labels.shape[1]:
+        # sequence parallelism pads the sequence at the end to a multiple of the TP size: drop the pad
+        h = h[:, : labels.shape[1]]
     h2 = h.reshape(-1, h.shape[-1])
     lab = labels.reshape(-1).to(h2.device)
     if lab.shape[0] != h2.shape[0]:
