@@ -178,15 +178,23 @@ def test_bad_launcher_config_is_caught_before_submission(tmp_path: Path, model_d
     assert not (tmp_path / "bad").exists()  # nothing written, nothing submitted
 
 
-def test_dry_run_prints_script_without_sbatch(tmp_path: Path, model_dir: Path) -> None:
-    cfg = slurm_cfg(tmp_path, model_dir, "dry", {"nproc_per_node": 2, "dry_run": True})
-    out = run_cli("run", cfg, cwd=tmp_path, env={"PATH": str(tmp_path)})  # no Slurm commands on PATH
+@pytest.mark.parametrize("how", ["--dry-run", "launcher.dry_run=true"])
+def test_dry_run_prints_script_without_sbatch(tmp_path: Path, model_dir: Path, how: str) -> None:
+    cfg = slurm_cfg(tmp_path, model_dir, "dry", {"nproc_per_node": 2})
+    out = run_cli("run", cfg, how, cwd=tmp_path, env={"PATH": str(tmp_path)})  # no Slurm commands on PATH
     script = tmp_path / "dry" / "slurm" / "job.sbatch"
     assert out.stdout.startswith("#!/bin/bash\n#SBATCH --job-name=automodel-dry")
     assert script.read_text() in out.stdout and f"submit with: sbatch {script}" in out.stdout
     assert f"-m automodel run {tmp_path / 'dry' / 'config.yaml'}" in out.stdout
     saved = yaml.safe_load((tmp_path / "dry" / "config.yaml").read_text())
     assert saved["parallel"] == [{"name": "ddp"}]  # resolved for world size 2 before rendering
+
+
+def test_dry_run_flag_with_a_launcher_without_dry_run(tmp_path: Path, model_dir: Path) -> None:
+    cfg = slurm_cfg(tmp_path, model_dir, "dry", {"nproc_per_node": 2})
+    out = run_cli("run", cfg, "launcher={name: local}", "--dry-run", cwd=tmp_path, check=False)
+    assert out.returncode == 2 and "--dry-run: the 'local' launcher has no dry run" in out.stderr, out.stderr
+    assert not (tmp_path / "dry" / "metrics.jsonl").exists()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -157,7 +157,10 @@ def srun_command(spec: ScriptSpec) -> list[str]:
         lines.append(" ".join(_q(a) for a in spec.worker_command))
     else:
         setenv = ("export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS "
-                  f"LOCAL_WORLD_SIZE={p.procs_per_node}; exec \"$@\"")
+                  f"LOCAL_WORLD_SIZE={p.procs_per_node}")
+        if p.procs_per_node > 1:  # like torchrun: do not let every process use every core
+            setenv += " OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"
+        setenv += '; exec "$@"'
         lines.append(f"bash -c {_q(setenv)} automodel-worker")
         lines.append(worker)
     return lines

@@ -29,7 +29,7 @@ def _which(program: str) -> str:
             f"'{program}' was not found on PATH, so the slurm launcher cannot submit the job.\n"
             f"    PATH={os.environ.get('PATH', '')}\n"
             "    -> run this on a Slurm login node (or add the Slurm client commands to PATH),\n"
-            "       or preview the job script without submitting: launcher.dry_run=true"
+            "       or preview the job script without submitting: automodel run ... --dry-run (launcher.dry_run=true)"
         )
     return path
 
