@@ -152,7 +152,8 @@ def test_tp_with_plan_override_matches_single_process(root: Path, model_dir: Pat
 
 
 def test_sequence_and_loss_parallel_match_single_process(root: Path, model_dir: Path, reference: Path) -> None:
-    run, out = _run(root, "tp_sp", model_dir, **_tp(sequence_parallel=True, loss_parallel=True))
+    # with meta_init: the model is built on meta, sharded, then each rank loads its shards
+    run, out = _run(root, "tp_sp", model_dir, **_tp(sequence_parallel=True, loss_parallel=True, meta_init=True))
     assert "sequence parallel, loss parallel" in out and "colwise_sequence_input_loss_parallel x1" in out
     _assert_same_run(run, reference)
 

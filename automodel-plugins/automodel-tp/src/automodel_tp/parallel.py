@@ -20,10 +20,11 @@ class TensorParallel:
       ``masked_ce`` loss computes on the shards (no full-vocabulary logits on any rank).
     * ``plan``: ``{module-name glob: style}``, laid over the model's own plan (transformers
       ``_tp_plan``, else the plugin's Llama-family plan). Styles: see :data:`automodel_tp.plans.STYLES`.
+    * ``meta_init``: build the model on the meta device, shard it, then let the core load only this
+      rank's shards (no rank ever holds the full model). FSDP2 turns it on for the whole run anyway.
     """
 
     dim = "tp"
-    meta_init = False
 
     def __init__(
         self,
@@ -31,7 +32,9 @@ class TensorParallel:
         sequence_parallel: bool = False,
         loss_parallel: bool = False,
         plan: dict[str, str] | None = None,
+        meta_init: bool = False,
     ):
+        self.meta_init = meta_init
         self.size = size
         self.sequence_parallel = sequence_parallel
         self.loss_parallel = loss_parallel
