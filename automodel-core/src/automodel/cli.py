@@ -177,17 +177,21 @@ def plugins(as_json: bool, check: bool, plugin_modules: tuple[str, ...]) -> None
 @cli.command(name="export")
 @click.argument("checkpoint", metavar="CKPT", type=click.Path(exists=True))
 @click.argument("out_dir", metavar="OUT", type=click.Path(file_okay=False))
+@click.option("--merged/--adapter-only", "merged", default=None,
+              help="LoRA runs: also write the merged model to OUT/merged, or only the adapter (default: the run's export_merged).")
 @plugin_option
-def export_cmd(checkpoint: str, out_dir: str, plugin_modules: tuple[str, ...]) -> None:
+def export_cmd(checkpoint: str, out_dir: str, merged: bool | None, plugin_modules: tuple[str, ...]) -> None:
     """Write a Hugging Face model (safetensors + index + config + tokenizer) from a training checkpoint.
 
     CKPT is a step_<N> directory, a checkpoint directory or a run directory (its newest complete
     checkpoint). The model is rebuilt from the checkpoint's config.yaml on CPU; OUT loads with
-    transformers.AutoModelForCausalLM.from_pretrained.
+    transformers.AutoModelForCausalLM.from_pretrained. A LoRA run writes a PEFT adapter directory
+    (peft.PeftModel.from_pretrained loads it) and, with --merged, the merged model in OUT/merged.
     """
     from automodel.builtin.checkpoint import export_checkpoint
 
-    out = export_checkpoint(checkpoint, out_dir, plugin_modules)
+    extras = {} if merged is None else {"export_merged": merged}
+    out = export_checkpoint(checkpoint, out_dir, plugin_modules, extras=extras)
     click.echo(f"exported {checkpoint} to {out}")
 
 

@@ -181,15 +181,22 @@ def test_resume_continues_the_same_curve(runs: dict[str, Any]) -> None:
     _assert_same_losses(read_metrics(root / "run"), want)
 
 
-def test_export_command_writes_the_adapter(runs: dict[str, Any], tmp_path: Path) -> None:
-    """``automodel export`` rebuilds the LoRA model from the checkpoint and writes adapter + merged."""
-    out = tmp_path / "exported"
-    run_cli("export", runs["single"] / "checkpoints" / f"step_{SCHED['max_steps']}", out)
-    got, want = (_safetensors(d / "adapter_model.safetensors") for d in (out, runs["single"] / "hf"))
-    assert set(got) == set(want)
+def test_export_command_writes_adapter_and_merged(runs: dict[str, Any], tmp_path: Path) -> None:
+    """``automodel export`` rebuilds the LoRA model from the checkpoint: the adapter always, the merged
+    model per the run's export_merged or --merged / --adapter-only."""
+    ckpt = runs["single"] / "checkpoints" / f"step_{SCHED['max_steps']}"
+    out, only = tmp_path / "exported", tmp_path / "adapter_only"
+    run_cli("export", ckpt, out)  # the run has export_merged: true
+    run_cli("export", ckpt, only, "--adapter-only")
+    for d in (out, only):
+        got, want = (_safetensors(x / "adapter_model.safetensors") for x in (d, runs["single"] / "hf"))
+        assert set(got) == set(want)
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+    got, want = (_safetensors(x / "merged" / "model.safetensors") for x in (out, runs["single"] / "hf"))
     for k in want:
-        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
-    assert (out / "merged" / "model.safetensors").is_file()
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6)
+    assert not (only / "merged").exists()
 
 
 def test_unknown_target_module_lists_the_linear_layers(tmp_path: Path) -> None:

@@ -491,7 +491,7 @@ def export_sharded(sd: dict[str, Any], out: Path, ctx: Any, shard_bytes: int = 2
 
 
 def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                      plugin_modules: list[str] | tuple[str, ...] = ()) -> Path:
+                      plugin_modules: list[str] | tuple[str, ...] = (), extras: dict[str, Any] | None = None) -> Path:
     """Write a Hugging Face model directory from a training checkpoint, in this process on CPU.
 
     The model is rebuilt from the checkpoint's own ``config.yaml`` (model loader + transforms; the
@@ -512,7 +512,7 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
     plugins = load_plugins(local)
     plugins.raise_on_failures()
     out = Path(out_dir)
-    ctx = Context(device="cpu", output_dir=out, config=cfg, plugins=plugins)
+    ctx = Context(device="cpu", output_dir=out, config=cfg, plugins=plugins, extras=dict(extras or {}))  # e.g. export_merged (LoRA)
     model, tokenizer = config_mod.build_component(plugins, "model_loaders", cfg["model"], ctx)
     transforms = [config_mod.build_component(plugins, "model_transforms", t) for t in cfg.get("transforms") or []]
     for t in transforms:

@@ -143,14 +143,15 @@ class LoRA:
 
     def export(self, model: Any, tokenizer: Any, out_dir: str | Path, ctx: Any) -> Path:
         """Write a PEFT adapter directory (``PeftModel.from_pretrained(base, out_dir)`` loads it) plus the
-        tokenizer to ``out_dir``; with ``export_merged`` also the merged model to ``out_dir/merged``."""
+        tokenizer to ``out_dir``; with ``export_merged`` also the merged model to ``out_dir/merged``.
+        ``ctx.extras["export_merged"]`` (``automodel export --merged/--adapter-only``) overrides the key."""
         from automodel_lora.export import save_adapter, save_merged
 
         if self.peft_model is None:
             raise AutomodelError("transforms.lora: export() called before apply()")
         out = Path(out_dir)
         save_adapter(self.peft_model, model, tokenizer, out, ctx)
-        if self.export_merged:
+        if (ctx.extras or {}).get("export_merged", self.export_merged):
             save_merged(self.peft_model, model, tokenizer, out / "merged", ctx)
         return out
 
