@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-CHUNK_BYTES = 64 * 2**20  # default budget for one logits chunk
+CHUNK_BYTES = 32 * 2**20  # default budget for one logits chunk
 
 
 @dataclass(frozen=True)
@@ -46,32 +46,38 @@ class Options:
 # --------------------------------------------------------------------------------------------------
 
 
-def _cap(z: torch.Tensor, softcap: float | None) -> torch.Tensor:
-    return z if softcap is None else torch.tanh(z / softcap) * softcap
+def _capped_fp32(z: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """A fresh fp32 copy of ``z``, soft-capped in place when asked (one chunk-sized temporary)."""
+    zc = z.float() if z.dtype != torch.float32 else z.clone()
+    if softcap is not None:
+        zc.div_(softcap).tanh_().mul_(softcap)
+    return zc
 
 
 def _torch_row_stats(z: torch.Tensor, tgt: torch.Tensor, softcap: float | None) -> tuple[torch.Tensor, ...]:
-    zc = _cap(z.float(), softcap)
+    zc = _capped_fp32(z, softcap)
     m = zc.amax(dim=1)
-    s = torch.exp(zc - m[:, None]).sum(dim=1)
-    local = tgt >= 0
-    zt = torch.where(local, zc.gather(1, tgt.clamp(min=0)[:, None])[:, 0], 0.0)
-    return m, s, zt, zc.sum(dim=1)
+    zs = zc.sum(dim=1)
+    zt = torch.where(tgt >= 0, zc.gather(1, tgt.clamp(min=0)[:, None])[:, 0], 0.0)
+    s = zc.sub_(m[:, None]).exp_().sum(dim=1)
+    return m, s, zt, zs
 
 
 def _torch_row_grad_(z: torch.Tensor, tgt: torch.Tensor, lse: torch.Tensor, scale: torch.Tensor, softcap: float | None,
                      target_coef: float, uniform_coef: float, z_loss: float) -> torch.Tensor:
-    zf = z.float()
-    zc = _cap(zf, softcap)
-    g = torch.exp(zc - lse[:, None]).mul_((1.0 + 2.0 * z_loss * lse)[:, None])
+    g = _capped_fp32(z, softcap)
+    dcap = None
+    if softcap is not None:  # d(cap * tanh(x / cap)) / dx = 1 - tanh^2
+        dcap = (g / softcap).square_().neg_().add_(1.0)
+    g.sub_(lse[:, None]).exp_().mul_((1.0 + 2.0 * z_loss * lse)[:, None])
     if uniform_coef:
         g.sub_(uniform_coef)
     rows = torch.nonzero(tgt >= 0)[:, 0]
     g[rows, tgt[rows]] -= target_coef
-    if softcap is not None:
-        g.mul_(1.0 - (zc / softcap) ** 2)
-    g.mul_(scale)
-    z.copy_(g)
+    if dcap is not None:
+        g.mul_(dcap)
+        del dcap
+    z.copy_(g.mul_(scale))
     return z
 
 
@@ -123,9 +129,11 @@ class VocabShard:
     reduce_hidden_grad: bool  # hidden states are a plain replicated tensor: all-reduce dh ourselves
 
 
-def _chunk_rows(opts: Options, vocab: int, elt: int, n: int) -> int:
+def _chunk_rows(opts: Options, vocab: int, elt: int, n: int, torch_ops: bool) -> int:
     if opts.chunk_size:
         return opts.chunk_size
+    if torch_ops:
+        elt = 4  # the torch ops make an fp32 temporary of the chunk
     rows = max(16, CHUNK_BYTES // max(1, vocab * elt))
     return max(1, min(n, 1 << int(math.log2(rows))))
 
@@ -144,22 +152,23 @@ def _forward_backward(
     valid = labels != opts.ignore_index
     idx = torch.nonzero(valid)[:, 0]
     n = idx.numel()
-    hv = h if n == h.shape[0] else h.index_select(0, idx)
-    tv = labels if n == h.shape[0] else labels.index_select(0, idx)
+    dense = n == h.shape[0]  # no ignored token: plain slices instead of gathers
+    tv = labels if dense else labels.index_select(0, idx)
+    if n and bool(((tv < 0) | (tv >= vocab)).any()):
+        raise ValueError(f"labels must be in [0, {vocab}) or {opts.ignore_index}; got {tv.min().item()}..{tv.max().item()}")
     tgt = tv - start
     tgt = torch.where((tgt >= 0) & (tgt < vocab_local), tgt, -1)
-    if bool(((tv < 0) | (tv >= vocab)).any()):
-        raise ValueError(f"labels must be in [0, {vocab}) or {opts.ignore_index}; got {tv.min().item()}..{tv.max().item()}")
 
     mm_dtype = w.dtype
-    dh_valid = torch.empty(n, h.shape[1], dtype=h.dtype, device=h.device) if grad_h else None
+    dh = (torch.empty_like(h) if dense else torch.zeros_like(h)) if grad_h else None
     dw = torch.zeros_like(w) if grad_w else None
     total = torch.zeros((), dtype=torch.float32, device=h.device)
-    step = _chunk_rows(opts, vocab_local, w.element_size(), n)
+    step = _chunk_rows(opts, vocab_local, w.element_size(), n, row_stats is _torch_row_stats)
     for c0 in range(0, n, step):
-        hc = hv[c0:c0 + step].to(mm_dtype)
+        rows = idx[c0:c0 + step]
+        hc = (h[c0:c0 + step] if dense else h.index_select(0, rows)).to(mm_dtype)
         tc = tgt[c0:c0 + step].contiguous()
-        z = hc @ w.t()  # [chunk, vocab_local]
+        z = hc @ w.t()  # [chunk, vocab_local]: the only chunk-sized buffer (Triton path)
         m, s, zt, zs = row_stats(z, tc, opts.softcap)
         if shard is not None:  # vocab-parallel: combine the shards' statistics
             m_local = m
@@ -178,24 +187,18 @@ def _forward_backward(
         if grad_h or grad_w:
             g = row_grad_(z, tc, lse.contiguous(), scale, opts.softcap, 1.0 - eps, eps / vocab, zl)
             if grad_h:
-                part = dh_valid[c0:c0 + step]
-                if part.dtype == g.dtype:
-                    torch.mm(g, w, out=part)
+                if dense and dh.dtype == g.dtype:
+                    torch.mm(g, w, out=dh[c0:c0 + step])
+                elif dense:
+                    dh[c0:c0 + step].copy_(g @ w)
                 else:
-                    part.copy_(g @ w)
+                    dh.index_copy_(0, rows, (g @ w).to(dh.dtype))
             if grad_w:
                 dw.addmm_(g.t(), hc)
             del g
-        del z
-    dh = None
-    if grad_h:
-        if shard is not None and shard.reduce_hidden_grad:
-            dist.all_reduce(dh_valid, group=shard.group)
-        if n == h.shape[0]:
-            dh = dh_valid
-        else:
-            dh = torch.zeros_like(h)
-            dh.index_copy_(0, idx, dh_valid)
+        del z, hc
+    if grad_h and shard is not None and shard.reduce_hidden_grad:
+        dist.all_reduce(dh, group=shard.group)
     return total * scale, dh, dw
 
 
