@@ -120,14 +120,15 @@ def wait_for_job(job_id: str, poll: float = 2.0, timeout: float | None = None, l
     """Wait until the job reaches a final state; returns ``(state, exit code)``. A requeued job
     goes back to PENDING and is waited for again."""
     start = time.monotonic()
-    last = None
+    last: tuple[str, str] | None = None
     while True:
         info = job_info(job_id)
         state = info.get("JobState", "UNKNOWN")
-        if state != last:
-            restarts = info.get("Restarts", "0")
-            print(f"  job {job_id}: {state}" + (f" (restart {restarts})" if restarts != "0" else ""), flush=True)
-            last = state
+        reason, restarts = info.get("Reason", "None"), info.get("Restarts", "0")
+        if (state, reason) != last:
+            print(f"  job {job_id}: {state}" + (f" ({reason})" if reason != "None" else "")
+                  + (f", restart {restarts}" if restarts != "0" else ""), flush=True)
+            last = (state, reason)
         if state in FINAL_STATES:
             code = int(info.get("ExitCode", "0:0").split(":")[0] or 0)
             return state, code
