@@ -245,7 +245,10 @@ def train(cfg: dict[str, Any], plugins: Plugins) -> dict[str, Any]:
         DistributedSampler(train_data, num_replicas=dp_size, rank=dp_rank, shuffle=True, seed=cfg["seed"], drop_last=True)
     )
     collate = Collator(tokenizer.pad_token_id)
-    loader = DataLoader(train_data, batch_size=sched.local_batch_size, sampler=sampler, collate_fn=collate, drop_last=True)
+    # its own generator: starting an epoch then draws no number from the global RNG, whose checkpointed
+    # state therefore continues identically after a mid-epoch resume (dropout)
+    loader = DataLoader(train_data, batch_size=sched.local_batch_size, sampler=sampler, collate_fn=collate, drop_last=True,
+                        generator=torch.Generator().manual_seed(cfg["seed"]))
     accum = sched.grad_accum_steps(dp_size)
     steps_per_epoch = len(loader) // accum
     if steps_per_epoch == 0:
