@@ -253,6 +253,7 @@ def test_target_module_forms(tmp_path: Path) -> None:
     assert _adapted(_apply(model_dir)[1]) == linear  # all-linear: every linear layer but lm_head
     assert _adapted(_apply(model_dir, target_modules=r".*\.mlp\.(up|down)_proj")[1]) == {"up_proj", "down_proj"}
     assert _adapted(_apply(model_dir, exclude_modules=["o_proj", "gate_proj"])[1]) == linear - {"o_proj", "gate_proj"}
+    assert _adapted(_apply(model_dir, target_modules="v_proj", exclude_modules="k_proj")[1]) == {"v_proj"}  # bare names
     _, model = _apply(model_dir, target_modules=["q_proj"], modules_to_save=["lm_head"])
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or "lm_head.modules_to_save" in n for n in trainable), trainable

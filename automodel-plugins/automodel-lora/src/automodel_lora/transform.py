@@ -29,7 +29,8 @@ class LoRA:
       ``use_rslora``); ``dropout``: dropout on the adapter input.
     * ``target_modules``: which linear layers get adapters: a list of names (a module matches when its
       full name equals or ends with ``.<name>``, e.g. ``q_proj``), a regular expression string matched
-      against full module names, or ``all-linear`` (every linear layer except the output head).
+      against full module names, or ``all-linear`` (every linear layer except the output head). A bare
+      name as a string (``q_proj``) is the list ``[q_proj]``.
     * ``exclude_modules``: names (list) or a regex of modules to leave alone.
     * ``use_dora``: weight-decomposed LoRA (DoRA); ``use_rslora``: rank-stabilized scaling.
     * ``modules_to_save``: modules trained fully and saved with the adapter (e.g. ``[lm_head]``).
@@ -63,8 +64,8 @@ class LoRA:
         self.r = r
         self.alpha = alpha
         self.dropout = dropout
-        self.target_modules = target_modules
-        self.exclude_modules = exclude_modules
+        self.target_modules = _names(target_modules)
+        self.exclude_modules = _names(exclude_modules)
         self.use_dora = use_dora
         self.use_rslora = use_rslora
         self.modules_to_save = list(modules_to_save) if modules_to_save else None
@@ -189,6 +190,14 @@ def validate_args(args: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 LoRA.validate_args = staticmethod(validate_args)  # type: ignore[attr-defined]
+
+
+def _names(value: Any) -> Any:
+    """A bare module name given as a string (``target_modules: q_proj``) means that name, not a regex
+    that would have to match the full module path."""
+    if isinstance(value, str) and value != ALL_LINEAR and re.fullmatch(r"\w+", value):
+        return [value]
+    return value
 
 
 def linear_layer_names(model: Any) -> list[str]:
