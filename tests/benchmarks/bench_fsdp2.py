@@ -73,8 +73,13 @@ def write_config(root: Path, name: str, model: dict, parallel: list, nproc: int,
     return path
 
 
+# glibc raises its mmap threshold after big frees and then keeps freed memory in the heap, so RSS
+# would report memory the program no longer uses; a fixed threshold makes RSS track live memory.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
 def run(cfg: Path, nproc: int) -> list[dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // nproc))}
+    env = {**os.environ, **MALLOC_ENV, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // nproc))}
     env.pop("AUTOMODEL_LAUNCHED", None)
     if nproc == 1:  # one rank, but distributed (torchrun) so that fsdp2 really runs on a 1-rank mesh
         env["AUTOMODEL_LAUNCHED"] = "1"
@@ -96,41 +101,48 @@ def summarize(metrics: list[dict]) -> tuple[float, float]:
 # -- part 2: loading memory per rank (torchrun worker) ---------------------------------------------
 
 
+def _old_materialize(model, ctx, model_dir: str) -> None:
+    """What materialize() did before per-rank loading: every rank reads every tensor."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    model.to_empty(device=ctx.device)
+    full = {}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        full.update(load_file(str(f)))
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, strict=False))
+
+
 def load_worker(model_dir: str) -> None:
     import torch
     import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-
     from automodel.builtin.models import hf, materialize
     from automodel.context import Context
     from automodel_fsdp2.parallel import FSDP2
+    from torch.distributed.device_mesh import init_device_mesh
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("dp_shard",))
     ctx = Context(rank=rank, world_size=world, device=torch.device("cpu"), mesh=mesh, meta_init=True, config={"seed": 0})
-    model, _ = hf(ctx, pretrained=model_dir)
-    model = FSDP2().apply(model, mesh, ctx)
-    from safetensors.torch import load_file
-
-    start = reset_peak()
-    materialize(model, ctx)
-    sharded = peak_mb() - start
-    start = reset_peak()
-    full = {}  # what materialize() did before: every rank reads every tensor
-    for f in sorted(Path(model_dir).glob("*.safetensors")):
-        full.update(load_file(str(f)))
-    whole = peak_mb() - start
-    row = torch.tensor([sharded, whole], dtype=torch.float64)
-    rows = [torch.zeros_like(row) for _ in range(world)]
-    dist.all_gather(rows, row)
+    row = []
+    for load in (materialize, lambda m, c: _old_materialize(m, c, model_dir)):
+        model, _ = hf(ctx, pretrained=model_dir)
+        model = FSDP2().apply(model, mesh, ctx)
+        anon = _status_mb("RssAnon")
+        start = reset_peak()
+        load(model, ctx)
+        row += [peak_mb() - start, _status_mb("RssAnon") - anon]
+        del model
+    rows = [torch.zeros(len(row), dtype=torch.float64) for _ in range(world)]
+    dist.all_gather(rows, torch.tensor(row, dtype=torch.float64))
     if rank == 0:
         print("LOAD " + json.dumps([r.tolist() for r in rows]), flush=True)
     dist.destroy_process_group()
 
 
 def load_bench(model_dir: Path, nproc: int) -> list[list[float]]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **MALLOC_ENV, "OMP_NUM_THREADS": "1"}
     env.pop("AUTOMODEL_LAUNCHED", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), str(HERE), "--load-worker", str(model_dir)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
@@ -201,11 +213,13 @@ def main() -> None:
     char_tokenizer().save_pretrained(pretrained)
     del hf_model
     size = sum(f.stat().st_size for f in pretrained.glob("*.safetensors")) / 2**20
-    print(f"\nloading {size:.0f} MiB of safetensors with meta init + fsdp2 (host RSS growth per rank, MiB):")
+    print(f"\nloading {size:.0f} MiB of safetensors into a meta-initialized fsdp2 model, per rank (MiB):")
+    print("  peak = growth of peak RSS while loading (includes the mapped file pages read);")
+    print("  kept = anonymous memory still held afterwards (the shards). before = every rank reads all tensors")
+    print(f"  {'':<22}{'peak':>8}{'kept':>8}{'peak before':>13}{'kept before':>13}")
     for nproc in (1, 2):
-        rows = load_bench(pretrained, nproc)
-        for r, (sharded, whole) in enumerate(rows):
-            print(f"  {nproc} rank(s), rank {r}: meta init + sharded load {sharded:7.0f}   (reading the full files: {whole:7.0f})")
+        for r, (peak, kept, old_peak, old_kept) in enumerate(load_bench(pretrained, nproc)):
+            print(f"  {nproc} rank(s), rank {r}     {peak:8.0f}{kept:8.0f}{old_peak:13.0f}{old_kept:13.0f}")
 
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ def test_plugin_is_installed_and_listed() -> None:
         ("parallel=[{name: fsdp2, param_dtype: bf16}]", "parallel.0.param_dtype"),
         ("parallel=[{name: fsdp2, reduce_dtype: float64}]", "parallel.0.reduce_dtype"),
         ("parallel=[{name: fsdp2, reshard_after_forward: sometimes}]", "parallel.0.reshard_after_forward"),
+        ("parallel=[{name: fsdp2, reshard_after_forward: 1}]", "parallel.0.reshard_after_forward"),
         ("parallel=[{name: fsdp2, size: 3}]", "parallel"),
     ],
 )

@@ -60,6 +60,18 @@ class FSDP2:
         self.block_classes = list(block_classes) if block_classes else None
         self.meta_init = meta_init
 
+    @staticmethod
+    def validate_args(args: dict[str, Any]) -> list[tuple[str, str, str]]:
+        """Checks run before launch (types and dtype names are checked from the signature)."""
+        out = []
+        reshard = args.get("reshard_after_forward", True)
+        if isinstance(reshard, int) and not isinstance(reshard, bool) and reshard < 2:
+            out.append(("reshard_after_forward", f"an int is the group size to reshard to and must be >= 2, got {reshard}",
+                        "use true, false, or a divisor of the dp_shard size such as the GPUs per node"))
+        if args.get("block_classes") is not None and not args["block_classes"]:
+            out.append(("block_classes", "empty list", "leave it out to use the model's _no_split_modules"))
+        return out
+
     # -- the contract -----------------------------------------------------------------------------
 
     def apply(self, model: Any, mesh: Any, ctx: Any) -> Any:
