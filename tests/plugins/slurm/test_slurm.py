@@ -286,6 +286,34 @@ def test_job_trains_on_the_cluster(uninterrupted: dict[str, Any]) -> None:
     print(f"\n1 node x 2 processes job {job_id}: {uninterrupted['seconds']:.1f} s from submission to completion")
 
 
+def test_two_node_torchrun_script_rendezvous(uninterrupted: dict[str, Any], tmp_path: Path, model_dir: Path) -> None:
+    """The 2-node torchrun script, squeezed onto this 1-node cluster (2 srun tasks on one node instead
+    of 1 task on each of 2 nodes): two torchrun agents meet at the c10d endpoint taken from
+    ``scontrol show hostnames``, form world size 2 and train to the same losses."""
+    cfg = slurm_cfg(tmp_path, model_dir, "two", {"nodes": 2, "nproc_per_node": 1})
+    out = run_cli("run", cfg, "--dry-run", cwd=tmp_path)
+    assert "--nnodes=2 --nproc-per-node=1" in out.stdout
+    script = tmp_path / "two" / "slurm" / "job.sbatch"
+    text = script.read_text()
+    for two_nodes, one_node in [("#SBATCH --nodes=2\n#SBATCH --ntasks-per-node=1", "#SBATCH --nodes=1\n#SBATCH --ntasks-per-node=2"),
+                                ("srun --kill-on-bad-exit=1 --nodes=2 --ntasks-per-node=1",
+                                 "srun --kill-on-bad-exit=1 --nodes=1 --ntasks-per-node=2")]:
+        assert two_nodes in text
+        text = text.replace(two_nodes, one_node)
+    script.write_text(text)
+    job_id = subprocess.run(["sbatch", "--parsable", str(script)], cwd=tmp_path, capture_output=True, text=True,
+                            check=True, timeout=60).stdout.strip()
+    info = wait_done(job_id, timeout=400)
+    log = (tmp_path / "two" / "slurm" / f"slurm-{job_id}.out").read_text()
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-3000:]
+    assert "automodel: 2 process(es)" in log
+    expected = losses(uninterrupted["root"] / "run")
+    got = losses(tmp_path / "two")
+    assert sorted(got) == sorted(expected)
+    for step, loss in expected.items():
+        assert got[step] == pytest.approx(loss, rel=1e-6), (step, got, expected)
+
+
 def run_preempted(tmp_path: Path, model_dir: Path, launcher: dict[str, Any], interrupt: list[str]) -> dict[str, Any]:
     """Submit the slow-step config, run ``interrupt + [job id]`` once step 2 is logged, wait until the
     job ran again and finished. Returns the job's log text, final info, losses and timings."""
