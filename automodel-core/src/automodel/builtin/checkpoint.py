@@ -145,13 +145,13 @@ def fingerprint(identity: dict[str, Any]) -> str:
 
 def _differences(saved: dict[str, Any], current: dict[str, Any], limit: int = 8) -> list[str]:
     out = []
+    if saved.get("transforms") != current.get("transforms"):
+        out.append(f"transforms: checkpoint {saved.get('transforms')}, this run {current.get('transforms')}")
     for key, label in (("model", "model config"), ("shapes", "parameter")):
         a, b = saved.get(key, {}), current.get(key, {})
         for name in sorted(set(a) | set(b)):
             if a.get(name, "<absent>") != b.get(name, "<absent>"):
                 out.append(f"{label} {name}: checkpoint {a.get(name, '<absent>')}, this run {b.get(name, '<absent>')}")
-    if saved.get("transforms") != current.get("transforms"):
-        out.append(f"transforms: checkpoint {saved.get('transforms')}, this run {current.get('transforms')}")
     return out[:limit] + ([f"... and {len(out) - limit} more"] if len(out) > limit else [])
 
 
