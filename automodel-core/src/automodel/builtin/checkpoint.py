@@ -128,13 +128,15 @@ def resolve(path: str | os.PathLike[str], report: Any = None) -> Path:
 
 
 def model_identity(state: dict[str, Any], config: dict[str, Any], model_sd: dict[str, Any]) -> dict[str, Any]:
-    """What must match to resume: the architecture config, the transforms, and every parameter shape."""
+    """What must match to resume: the architecture config, the transforms' names, every parameter's name and shape."""
     from automodel.builtin.models import unwrap
 
     hf_config = getattr(unwrap(state["model"]), "config", None)
     arch = hf_config.to_dict() if hasattr(hf_config, "to_dict") else {}
     arch = {k: v for k, v in sorted(arch.items()) if k not in _TRAINING_ONLY_KEYS and not k.startswith("_")}
-    transforms = [{k: v for k, v in t.items()} for t in config.get("transforms") or []]
+    # the transforms by name (the plugin set that shapes the parameters); their settings may change on
+    # resume (LoRA dropout, say) unless they change a parameter shape, which ``shapes`` catches
+    transforms = [t.get("name", t.get("_target_")) for t in config.get("transforms") or []]
     shapes = {k: list(v.shape) for k, v in sorted(model_sd.items()) if hasattr(v, "shape")}
     return json.loads(json.dumps({"model": arch, "transforms": transforms, "shapes": shapes}, default=str))
 
