@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 from automodel.testing import make_config, run_cli, tiny_model
+from automodel_slurm.slurm import FINAL_STATES
+from automodel_slurm.slurm import job_info as info
 
 REPO = Path(__file__).resolve().parents[2]
 START = REPO / "automodel-plugins" / "automodel-slurm" / "ci" / "start_slurm.sh"
@@ -33,11 +35,6 @@ def sh(*args: str) -> str:
     return subprocess.run(args, check=True, capture_output=True, text=True, timeout=120).stdout
 
 
-def info(job_id: str) -> dict[str, str]:
-    out = sh("scontrol", "show", "job", "-o", job_id)
-    return dict(w.split("=", 1) for w in out.split() if "=" in w)
-
-
 def wait(job_id: str, pred, timeout: float = 600) -> float:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -45,9 +42,6 @@ def wait(job_id: str, pred, timeout: float = 600) -> float:
             return time.monotonic()
         time.sleep(0.2)
     raise SystemExit(f"job {job_id} timed out: {info(job_id).get('JobState')}")
-
-
-DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
 
 
 def timed_start(stop_first: bool) -> float:
@@ -76,7 +70,7 @@ def training_runs(root: Path, steps: int) -> dict[str, float]:
         proc = run_cli("run", cfg, cwd=root)
         if launcher["name"] == "slurm":
             job_id = proc.stdout.split("submitted Slurm job ")[1].split()[0]
-            end = wait(job_id, lambda i: i["JobState"] in DONE)
+            end = wait(job_id, lambda i: i["JobState"] in FINAL_STATES)
             assert info(job_id)["JobState"] == "COMPLETED", info(job_id)
         else:
             end = time.monotonic()

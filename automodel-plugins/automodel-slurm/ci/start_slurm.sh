@@ -4,7 +4,7 @@
 # answers, it only checks it. Root only (it writes /etc/slurm and starts daemons).
 #
 #   automodel-plugins/automodel-slurm/ci/start_slurm.sh          # start (or check) the cluster
-#   automodel-plugins/automodel-slurm/ci/start_slurm.sh stop     # stop the daemons this script started
+#   automodel-plugins/automodel-slurm/ci/start_slurm.sh stop     # stop slurmd and slurmctld (--all: munged too)
 #
 # Partitions: `debug` (default): this machine. `ghosts`: this machine plus three nodes that never
 # come up (State=DOWN), so that multi-node batch scripts can be checked with `sbatch --test-only`.
@@ -36,7 +36,8 @@ stop_pid() {  # stop the daemon whose pid file is $1 (only that process)
 if [ "${1:-}" = stop ]; then
     stop_pid "$RUN_DIR/slurmd.pid"
     stop_pid "$RUN_DIR/slurmctld.pid"
-    log "stopped slurmd and slurmctld"
+    [ "${2:-}" = --all ] && stop_pid /run/munge/munged.pid
+    log "stopped slurmd and slurmctld${2:+ and munged}"
     exit 0
 fi
 

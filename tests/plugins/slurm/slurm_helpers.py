@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from automodel_slurm.slurm import FINAL_STATES, job_info
 
-
-def job_info(job_id: str) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
-    info: dict[str, str] = {}
-    for word in out.stdout.split():
-        key, sep, value = word.partition("=")
-        if sep and key not in info:
-            info[key] = value
-    return info
+__all__ = ["job_info", "submitted_job_id", "wait_done", "wait_until"]
 
 
 def wait_until(job_id: str, predicate: Callable[[dict[str, str]], bool], timeout: float, what: str, poll: float = 0.5) -> dict[str, str]:
@@ -36,11 +27,8 @@ def wait_until(job_id: str, predicate: Callable[[dict[str, str]], bool], timeout
     pytest.fail(f"job {job_id} did not reach '{what}' in {timeout:.0f} s; state {info.get('JobState')}\n{tail}")
 
 
-FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL"}
-
-
 def wait_done(job_id: str, timeout: float = 300) -> dict[str, str]:
-    return wait_until(job_id, lambda i: i.get("JobState") in FINAL, timeout, "a final state")
+    return wait_until(job_id, lambda i: i.get("JobState") in FINAL_STATES, timeout, "a final state")
 
 
 def submitted_job_id(stdout: str) -> str:
