@@ -53,8 +53,8 @@ def test_bad_configs_fail_cleanly_before_training(tmp_path, tiny_model_dir, edit
     cfg = yaml.safe_load(path.read_text())
     edit(cfg)
     write(path, cfg)
-    for command in ("validate", "run"):
-        proc = run_cli(command, path, cwd=tmp_path, check=False)
+    for command in ("validate", "run"):  # only the builtins: triton_ce must be "not installed" here
+        proc = run_cli(command, path, cwd=tmp_path, check=False, env={"AUTOMODEL_LOAD_PLUGINS": ""})
         assert_clean_error(proc, str(path), *needles)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
