@@ -173,3 +173,35 @@ def test_tp_with_lora_matches_single_process(root: Path, model_dir: Path) -> Non
     got, _ = _run(root, "tp_lora", model_dir, transforms=LORA, **_tp(sequence_parallel=True, loss_parallel=True))
     _assert_same_run(got, want)  # compares the exported adapter weights
     assert (got / "hf" / "adapter_config.json").exists()
+
+
+# -- gradients, model by model (one torchrun, several cases) ----------------------------------------------
+
+CASES = {
+    "llama,0,0,0,10,0,0": "plain TP",
+    "qwen3,0,0,0,10,0,0": "Qwen3: per-head q_norm/k_norm (replicated_with_grad_allreduce)",
+    "mistral,1,1,1,9,1,0": "tied embeddings, SP + loss parallel, odd length (SP padding), attention mask",
+    "qwen2,1,1,0,10,0,1": "LoRA under SP + loss parallel: frozen weights stay frozen",
+}
+
+
+def test_gradients_match_one_process_per_model_and_option(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "results.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(Path(__file__).with_name("tp_dist_check.py")), str(out), *CASES]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(out.read_text())
+    for case, what in CASES.items():
+        r = results[case]
+        assert r["losses"][0] == pytest.approx(r["losses"][1], rel=1e-5), (what, r["losses"])
+        assert r["all_dtensor"] and r["tie_kept"], what
+        assert all(a == b for a, b in r["trainable"].values()), (what, r["trainable"])
+        bad = {k: v for k, v in r["grad_diff"].items() if v is not None and v > 1e-5}
+        assert not bad, (what, bad)
+        assert any(v is not None for v in r["grad_diff"].values())
+    lora = results["qwen2,1,1,0,10,0,1"]
+    assert sum(v is not None for v in lora["grad_diff"].values()) == 2 * 7 * 2  # only the adapters train
