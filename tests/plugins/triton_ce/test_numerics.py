@@ -38,9 +38,10 @@ def data(tokens, hidden, vocab, ignore_every=3, seed=0, shape=None):
     return h, w, y
 
 
-# tokens, hidden, vocab, chunk_size: vocab 300/257/129 are not multiples of the 128 CPU block,
-# chunk 16 / 8 do not divide the valid-token counts, vocab 7 is smaller than one block.
-SHAPES = [(64, 64, 300, None), (64, 32, 257, 16), (37, 16, 129, 8), (8, 8, 7, None), (40, 64, 256, 7)]
+# tokens, hidden, vocab, chunk_size (vocabulary entries per chunk): vocab 300/257/129 are not
+# multiples of the 128-wide CPU block, chunks 100/50/96 leave a ragged last chunk (and 50 a partial
+# Triton block), vocab 7 is smaller than one block.
+SHAPES = [(64, 64, 300, None), (64, 32, 257, 100), (37, 16, 129, 50), (8, 8, 7, None), (40, 64, 256, 96)]
 
 
 @pytest.mark.parametrize("name", BACKENDS)
@@ -102,7 +103,7 @@ def test_options_match_reference(name, options):
     h, w, y = data(48, 32, 257, seed=1)
     w = w * 4  # large logits so that soft-capping matters
     n = torch.tensor(float((y != -100).sum()))
-    loss, gh, gw = run(fused(make_loss(name, chunk_size=16, **options)), h, w, y, n)
+    loss, gh, gw = run(fused(make_loss(name, chunk_size=100, **options)), h, w, y, n)
     ref, rh, rw = run(lambda h, w, y, n: reference_loss(h, w, y, n, **options), h, w, y, n)
     torch.testing.assert_close(loss, ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(gh, rh, atol=1e-4, rtol=1e-4)
@@ -125,7 +126,7 @@ def test_bf16_inputs_fp32_accumulation(name):
     h, w, y = data(64, 64, 300)
     h, w = h.bfloat16(), w.bfloat16()
     n = torch.tensor(float((y != -100).sum()))
-    loss, gh, gw = run(fused(make_loss(name, chunk_size=16)), h, w, y, n)
+    loss, gh, gw = run(fused(make_loss(name, chunk_size=128)), h, w, y, n)
     ref, rh, rw = run(torch_ce, h, w, y, n)
     assert loss.dtype == torch.float32 and gh.dtype == torch.bfloat16 and gw.dtype == torch.bfloat16
     torch.testing.assert_close(loss, ref, atol=1e-3, rtol=1e-3)

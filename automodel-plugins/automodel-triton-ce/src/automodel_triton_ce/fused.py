@@ -1,16 +1,19 @@
 """Fused linear cross-entropy: loss and both gradients from hidden states and the lm_head weight,
-chunk by chunk, without ever holding the ``[tokens, vocab]`` logits.
+chunk by chunk over the vocabulary, without ever holding the ``[tokens, vocab]`` logits.
 
-For each chunk of ``chunk_size`` label tokens::
+Only label tokens (``labels != ignore_index``) are computed. With ``z = h @ W_c^T`` the logits of
+one vocabulary chunk ``c`` (``[tokens, chunk]``, in the weight dtype as the lm_head would make them)::
 
-    z   = h_c @ W^T                       # [chunk, vocab] in the weight dtype (as the lm_head would)
-    max, sumexp, z_target, z_sum = row statistics of z        (fp32; Triton kernel or torch)
-    lse = max + log(sumexp)               # (vocab-parallel: all-reduced over the tp group first)
-    z  <- d loss / d z                    # in place (Triton kernel or torch)
-    dh_c = z @ W ;  dW += z^T @ h_c
+    pass 1, every chunk:  max, sumexp, z_target, z_sum = row statistics of z   (fp32; Triton or torch)
+                          merged online into each token's logsumexp
+                          (vocab-parallel TP: then all-reduced over the tp group: max, then sums)
+    pass 2, every chunk:  z <- d loss / d z in place                           (fp32 math; Triton or torch)
+                          dW_c = z^T @ h          (written once: one fp32-accumulated GEMM per chunk)
+                          dh  += z @ W_c          (fp32 accumulator)
 
-so the backward pass only multiplies the stored gradients by the incoming gradient. Peak memory is
-``dW + dh + chunk x vocab`` instead of several fp32 ``[tokens, vocab]`` tensors.
+Both gradients are computed in the forward pass; backward only multiplies them by the incoming
+gradient. Peak memory is ``dW + dh + one chunk`` instead of several fp32 ``[tokens, vocab]`` tensors;
+the price is one more GEMM than the unfused loss (the logits are recomputed in pass 2).
 
 Token loss (``eps`` = label smoothing, ``V`` = vocabulary size, ``z`` soft-capped when asked)::
 
@@ -19,7 +22,6 @@ Token loss (``eps`` = label smoothing, ``V`` = vocabulary size, ``z`` soft-cappe
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -129,21 +131,29 @@ class VocabShard:
     reduce_hidden_grad: bool  # hidden states are a plain replicated tensor: all-reduce dh ourselves
 
 
-def _chunk_rows(opts: Options, vocab: int, elt: int, n: int, torch_ops: bool) -> int:
+def _chunk_columns(opts: Options, vocab: int, elt: int, n: int, torch_ops: bool) -> int:
+    """Vocabulary entries per chunk: ``n x chunk`` logits fit ``CHUNK_BYTES`` (a multiple of 128)."""
     if opts.chunk_size:
         return opts.chunk_size
     if torch_ops:
         elt = 4  # the torch ops make an fp32 temporary of the chunk
-    rows = max(16, CHUNK_BYTES // max(1, vocab * elt))
-    return max(1, min(n, 1 << int(math.log2(rows))))
+    cols = CHUNK_BYTES // max(1, n * elt) // 128 * 128
+    return max(1, min(vocab, max(128, cols)))
 
 
 def _forward_backward(
     h: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor, opts: Options,
     shard: VocabShard | None, grad_h: bool, grad_w: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Loss (``scale * sum``) and, when asked, the gradients of ``h`` [N, D] and ``w`` [V, D]."""
+    """Loss (``scale * sum``) and, when asked, the gradients of ``h`` [N, D] and ``w`` [V, D].
+
+    Two passes over chunks of the vocabulary (``z = h @ W_chunk^T``, ``[tokens, chunk]``): the first
+    merges per-chunk softmax statistics into each token's logsumexp (online, like a blocked softmax),
+    the second turns each logits chunk into its gradient in place and writes ``dW_chunk = g^T h`` once
+    (one fp32-accumulated GEMM, no read-modify-write of dW) and accumulates ``dh += g W_chunk`` in fp32.
+    """
     row_stats, row_grad_ = _backend(opts.backend, h.device)
+    torch_ops = row_stats is _torch_row_stats
     vocab_local = w.shape[0]
     vocab = shard.size if shard else vocab_local
     start = shard.start if shard else 0
@@ -152,54 +162,78 @@ def _forward_backward(
     valid = labels != opts.ignore_index
     idx = torch.nonzero(valid)[:, 0]
     n = idx.numel()
-    dense = n == h.shape[0]  # no ignored token: plain slices instead of gathers
+    dense = n == h.shape[0]  # no ignored token: no gather, no scatter
     tv = labels if dense else labels.index_select(0, idx)
     if n and bool(((tv < 0) | (tv >= vocab)).any()):
         raise ValueError(f"labels must be in [0, {vocab}) or {opts.ignore_index}; got {tv.min().item()}..{tv.max().item()}")
-    tgt = tv - start
-    tgt = torch.where((tgt >= 0) & (tgt < vocab_local), tgt, -1)
+    hv = (h if dense else h.index_select(0, idx)).to(w.dtype)
+    tgt = tv - start  # target column in this rank's vocabulary (outside [0, vocab_local): elsewhere)
+    cols = _chunk_columns(opts, vocab_local, w.element_size(), n, torch_ops)
+    chunks = [(c0, min(c0 + cols, vocab_local)) for c0 in range(0, vocab_local, cols)] if n else []
 
-    mm_dtype = w.dtype
-    dh = (torch.empty_like(h) if dense else torch.zeros_like(h)) if grad_h else None
-    dw = torch.zeros_like(w) if grad_w else None
-    total = torch.zeros((), dtype=torch.float32, device=h.device)
-    step = _chunk_rows(opts, vocab_local, w.element_size(), n, row_stats is _torch_row_stats)
-    for c0 in range(0, n, step):
-        rows = idx[c0:c0 + step]
-        hc = (h[c0:c0 + step] if dense else h.index_select(0, rows)).to(mm_dtype)
-        tc = tgt[c0:c0 + step].contiguous()
-        z = hc @ w.t()  # [chunk, vocab_local]: the only chunk-sized buffer (Triton path)
-        m, s, zt, zs = row_stats(z, tc, opts.softcap)
-        if shard is not None:  # vocab-parallel: combine the shards' statistics
-            m_local = m
-            m = m.clone()
-            dist.all_reduce(m, op=dist.ReduceOp.MAX, group=shard.group)
-            rest = torch.stack([s * torch.exp(m_local - m), zt, zs])
-            dist.all_reduce(rest, group=shard.group)
-            s, zt, zs = rest[0], rest[1], rest[2]
-        lse = m + torch.log(s)
-        token = (lse - zt) * (1.0 - eps)
-        if eps:
-            token = token + (lse - zs / vocab) * eps
-        if zl:
-            token = token + lse * lse * zl
-        total += token.sum()
-        if grad_h or grad_w:
-            g = row_grad_(z, tc, lse.contiguous(), scale, opts.softcap, 1.0 - eps, eps / vocab, zl)
-            if grad_h:
-                if dense and dh.dtype == g.dtype:
-                    torch.mm(g, w, out=dh[c0:c0 + step])
-                elif dense:
-                    dh[c0:c0 + step].copy_(g @ w)
+    def logits(c0: int, c1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        t = tgt - c0
+        return hv @ w[c0:c1].t(), torch.where((t >= 0) & (t < c1 - c0), t, -1)
+
+    # pass 1: logsumexp, target logit and logit sum of every token
+    m = torch.full((n,), float("-inf"), dtype=torch.float32, device=h.device)
+    s = torch.zeros(n, dtype=torch.float32, device=h.device)
+    zt = torch.zeros_like(s)
+    zs = torch.zeros_like(s)
+    for c0, c1 in chunks:
+        z, tc = logits(c0, c1)
+        cm, cs, czt, czs = row_stats(z, tc, opts.softcap)
+        del z
+        m_new = torch.maximum(m, cm)
+        s = s * torch.exp(m - m_new) + cs * torch.exp(cm - m_new)
+        m, zt, zs = m_new, zt + czt, zs + czs
+    if shard is not None:  # vocab-parallel: combine the shards' statistics
+        m_local = m
+        m = m.clone()
+        dist.all_reduce(m, op=dist.ReduceOp.MAX, group=shard.group)
+        rest = torch.stack([s * torch.exp(m_local - m), zt, zs])
+        dist.all_reduce(rest, group=shard.group)
+        s, zt, zs = rest[0], rest[1], rest[2]
+    lse = m + torch.log(s)
+    token = (lse - zt) * (1.0 - eps)
+    if eps:
+        token = token + (lse - zs / vocab) * eps
+    if zl:
+        token = token + lse * lse * zl
+    loss = token.sum() * scale
+
+    # pass 2: gradients
+    dw = torch.empty_like(w) if grad_w else None
+    if dw is not None and not chunks:
+        dw.zero_()
+    acc = None
+    if grad_h:
+        acc = torch.zeros(n, h.shape[1], dtype=torch.float32, device=h.device)
+    if grad_h or grad_w:
+        lse = lse.contiguous()
+        for c0, c1 in chunks:
+            z, tc = logits(c0, c1)
+            g = row_grad_(z, tc, lse, scale, opts.softcap, 1.0 - eps, eps / vocab, zl)
+            if dw is not None:
+                torch.mm(g.t(), hv, out=dw[c0:c1])
+            if acc is not None:
+                if g.dtype == torch.float32:
+                    acc.addmm_(g, w[c0:c1])
                 else:
-                    dh.index_copy_(0, rows, (g @ w).to(dh.dtype))
-            if grad_w:
-                dw.addmm_(g.t(), hc)
-            del g
-        del z, hc
-    if grad_h and shard is not None and shard.reduce_hidden_grad:
-        dist.all_reduce(dh, group=shard.group)
-    return total * scale, dh, dw
+                    for r0 in range(0, n, 4096):  # bounded bf16 temporary
+                        acc[r0:r0 + 4096] += g[r0:r0 + 4096] @ w[c0:c1]
+            del g, z
+    dh = None
+    if acc is not None:
+        if shard is not None and shard.reduce_hidden_grad:
+            dist.all_reduce(acc, group=shard.group)
+        if dense:
+            dh = acc if h.dtype == torch.float32 else acc.to(h.dtype)
+        else:
+            dh = torch.zeros_like(h)
+            dh.index_copy_(0, idx, acc.to(h.dtype))
+        del acc
+    return loss, dh, dw
 
 
 class _FusedLinearCE(torch.autograd.Function):

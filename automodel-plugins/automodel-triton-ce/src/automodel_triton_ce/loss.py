@@ -17,7 +17,8 @@ class FusedLinearCrossEntropy:
         label_smoothing: ``eps`` in ``(1 - eps) * CE + eps * mean_j(-log p_j)`` (as ``F.cross_entropy``).
         z_loss: coefficient of the ``logsumexp(logits)^2`` auxiliary loss (PaLM); 0 disables it.
         softcap: Gemma-style logit soft-capping ``softcap * tanh(logits / softcap)``; ``None`` disables it.
-        chunk_size: label tokens per chunk (default: as many as fit a 64 MiB logits chunk).
+        chunk_size: vocabulary entries per chunk (default: the most that keep one ``[tokens, chunk]``
+            logits block within 32 MiB, a multiple of 128).
     """
 
     uses_hidden_states = True
