@@ -69,6 +69,12 @@ class TensorParallel:
 
         from automodel_tp import plans
 
+        owners = [p.get("name") for p in (getattr(ctx, "config", None) or {}).get("parallel", [])]
+        if "ddp" in owners:
+            raise AutomodelError(
+                "parallel: 'ddp' cannot wrap a tensor-parallel model (DistributedDataParallel does not take the "
+                "DTensor parameters tp makes); use {name: fsdp2} for the data-parallel ranks instead"
+            )
         tp_mesh = mesh[self.dim]
         size = tp_mesh.size()
         hf = _base_model(model)
