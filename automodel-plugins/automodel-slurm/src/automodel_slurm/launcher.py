@@ -99,9 +99,8 @@ class SlurmLauncher:
             key, message, hint = problems[0]
             raise AutomodelError(f"launcher.{key}: {message}" + (f"\n    -> {hint}" if hint else ""))
         self.plan: Plan = plan(nodes, ntasks_per_node, nproc_per_node, gpus_per_node, container_image)
-        if mode != "auto" and mode != self.plan.mode:
-            per_node = self.plan.procs_per_node
-            self.plan = Plan(mode, nodes, per_node)
+        if mode != "auto":
+            self.plan = Plan(mode, nodes, self.plan.procs_per_node)
         self.world_size = self.plan.world_size
         self.gpus_per_node = gpus_per_node
         self.cpus_per_task = cpus_per_task
