@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from automodel.launch import Job
-from automodel.testing import make_config, read_metrics, run_cli, tiny_model
+from automodel.testing import make_config, read_metrics, run_cli
 from slurm_helpers import job_info, submitted_job_id, wait_done, wait_until
 
 HERE = Path(__file__).parent
@@ -150,8 +150,9 @@ def test_torchrun_script_rendezvous_on_first_node() -> None:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_model(tmp_path_factory.mktemp("slurm_model"))
+def model_dir(tiny_model_dir: Path) -> Path:
+    """The session's tiny model (tests/conftest.py)."""
+    return tiny_model_dir
 
 
 @pytest.mark.parametrize(
