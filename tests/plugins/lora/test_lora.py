@@ -170,10 +170,12 @@ def test_fsdp2_two_processes_match_one(runs: dict[str, Any]) -> None:
         torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
 
 
-def test_resume_continues_the_same_curve(runs: dict[str, Any]) -> None:
-    """Resume the single run's step-4 checkpoint in a new run directory: steps 5-8 match."""
-    root = runs["root"] / "resumed"
-    ckpt = runs["single"] / "checkpoints" / f"step_{SCHED['ckpt_every_steps']}"
+@pytest.mark.parametrize("source", ["single", "fsdp2"])
+def test_resume_continues_the_same_curve(runs: dict[str, Any], source: str) -> None:
+    """Resume a step-4 checkpoint (of the 1-process run, or of the 2-process FSDP2 run: resharded) in one
+    process, in a new run directory: steps 5-8 match the uninterrupted run."""
+    root = runs["root"] / f"resumed_{source}"
+    ckpt = runs[source] / "checkpoints" / f"step_{SCHED['ckpt_every_steps']}"
     cfg = make_config(root, runs["model"], transforms=[LORA], optimizer={"name": "adamw", "lr": 2.0e-2},
                       step_scheduler=SCHED, checkpoint={**CKPT, "resume": str(ckpt)})
     run_cli("run", cfg, cwd=root)
