@@ -32,10 +32,11 @@ def test_fsdp2_plugin_trains_like_single_process(tmp_path, tiny_model_dir, maske
     assert_same_curve(got, masked_ce_baseline, "fsdp2 x2 + triton_ce")
 
 
-def test_tp_vocab_parallel_trains_like_single_process(tmp_path, tiny_model_dir, masked_ce_baseline):
-    """lm_head sharded over the vocabulary (tp=2, sequence parallel): the loss combines the shards'
-    softmax statistics instead of gathering the weight."""
-    got = train_curve(tmp_path, tiny_model_dir, {"name": "chunked_ce"},
-                      parallel=[{"name": "tp", "size": 2, "sequence_parallel": True}],
-                      launcher={"name": "local", "nproc_per_node": 2})
-    assert_same_curve(got, masked_ce_baseline, "tp x2 + chunked_ce")
+def test_tp_vocab_parallel_with_fsdp2_trains_like_single_process(tmp_path, tiny_model_dir, masked_ce_baseline):
+    """4 ranks, mesh dp_shard=2 x tp=2 with sequence parallelism: the lm_head is sharded over the
+    vocabulary and the loss combines the shards' softmax statistics instead of gathering the weight."""
+    got = train_curve(tmp_path, tiny_model_dir, {"name": "triton_ce"},
+                      parallel=[{"name": "tp", "size": 2, "sequence_parallel": True},
+                                {"name": "fsdp2", "reshard_after_forward": False}],
+                      launcher={"name": "local", "nproc_per_node": 4})
+    assert_same_curve(got, masked_ce_baseline, "fsdp2 x2 * tp x2 (sequence parallel) + triton_ce")

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 CHUNK_BYTES = 32 * 2**20  # default budget for one logits chunk
+ROWS = 2048  # token rows per step when a [tokens, hidden] temporary is needed
 
 
 @dataclass(frozen=True)
@@ -220,18 +221,24 @@ def _forward_backward(
                 if g.dtype == torch.float32:
                     acc.addmm_(g, w[c0:c1])
                 else:
-                    for r0 in range(0, n, 4096):  # bounded bf16 temporary
-                        acc[r0:r0 + 4096] += g[r0:r0 + 4096] @ w[c0:c1]
+                    for r0 in range(0, n, ROWS):  # bounded low-precision temporary
+                        acc[r0:r0 + ROWS] += g[r0:r0 + ROWS] @ w[c0:c1]
             del g, z
+    hv = None  # noqa: F841 - free the gathered hidden states before dh is assembled
     dh = None
     if acc is not None:
         if shard is not None and shard.reduce_hidden_grad:
             dist.all_reduce(acc, group=shard.group)
-        if dense:
-            dh = acc if h.dtype == torch.float32 else acc.to(h.dtype)
+        if dense and h.dtype == torch.float32:
+            dh = acc
         else:
-            dh = torch.zeros_like(h)
-            dh.index_copy_(0, idx, acc.to(h.dtype))
+            dh = torch.empty_like(h) if dense else torch.zeros_like(h)
+            for r0 in range(0, n, ROWS):
+                part = acc[r0:r0 + ROWS].to(h.dtype)
+                if dense:
+                    dh[r0:r0 + ROWS] = part
+                else:
+                    dh.index_copy_(0, idx[r0:r0 + ROWS], part)
         del acc
     return loss, dh, dw
 
