@@ -37,3 +37,15 @@ def test_tied_embeddings_train_like_builtin(tmp_path):
     model_dir = tiny_model(tmp_path, tie_word_embeddings=True)
     base = train_curve(tmp_path / "masked", model_dir, {"name": "masked_ce"})
     assert_same_curve(train_curve(tmp_path / "chunked", model_dir, {"name": "chunked_ce"}), base, "tied chunked_ce")
+
+
+def test_import_is_cheap():
+    """Discovering the plugin and validating a loss config import neither torch nor triton."""
+    import subprocess
+    import sys
+
+    code = ("import sys, automodel_triton_ce, automodel_triton_ce.loss as m; "
+            "assert m.FusedLinearCrossEntropy.validate_args({'softcap': 0})[0][0] == 'softcap'; "
+            "print(sorted(k for k in ('torch', 'triton') if k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
