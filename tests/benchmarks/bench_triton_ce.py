@@ -127,6 +127,26 @@ def contenders(h, w, y, n, names: list[str]) -> dict[str, Callable[[], None]]:
     return out
 
 
+def check_against_torch(tokens: int, hidden: int, vocab: int, dtype: torch.dtype, device: torch.device) -> None:
+    """Loss and gradients of triton_ce / chunked_ce vs the builtin loss on the same inputs (GPU runs)."""
+    from automodel.builtin.losses import MaskedCrossEntropy
+    from automodel_triton_ce.loss import ChunkedCrossEntropy, FusedLinearCrossEntropy
+
+    h, w, y, n = make_inputs(tokens, hidden, vocab, dtype, device)
+    results = {}
+    for name, fn in (("torch_ce", lambda: MaskedCrossEntropy()(labels=y, num_label_tokens=n, logits=h @ w.t())),
+                     ("triton_ce", lambda: FusedLinearCrossEntropy()(labels=y, num_label_tokens=n, hidden_states=h, lm_head_weight=w)),
+                     ("chunked_ce", lambda: ChunkedCrossEntropy()(labels=y, num_label_tokens=n, hidden_states=h, lm_head_weight=w))):
+        loss = fn()
+        loss.backward()
+        results[name] = (loss.detach().float(), h.grad.float(), w.grad.float())
+        h.grad = w.grad = None
+    ref = results["torch_ce"]
+    for name in ("triton_ce", "chunked_ce"):
+        diffs = [float((a - b).abs().max()) for a, b in zip(results[name], ref)]
+        print(f"check at tokens={tokens}: {name} vs torch_ce max |diff| loss {diffs[0]:.2e}  dh {diffs[1]:.2e}  dW {diffs[2]:.2e}")
+
+
 # --------------------------------------------------------------------------------------------------
 
 
@@ -161,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         for step in contenders(*hw, names + ["torch_ce"]).values():
             step()
         del hw, step
+    if device.type == "cuda":
+        check_against_torch(min(T, 1024), D, V, dtype, device)
     h, w, y, n = make_inputs(T, D, V, dtype, device)
     for name, step in contenders(h, w, y, n, names).items():
         peaks[name], times[name] = measure(step, device, args.repeats)

@@ -89,6 +89,10 @@ def _block(V: int) -> int:
     return min(4096 if torch.cuda.is_available() else 128, triton.next_power_of_2(V))
 
 
+def _warps(block: int) -> int:
+    return 8 if block >= 2048 else 4
+
+
 def row_stats(z: torch.Tensor, tgt: torch.Tensor, softcap: float | None) -> tuple[torch.Tensor, ...]:
     """(max, sumexp, target logit, logit sum), fp32 ``[rows]`` each, of the logits chunk ``z``."""
     rows, V = z.shape
@@ -96,7 +100,7 @@ def row_stats(z: torch.Tensor, tgt: torch.Tensor, softcap: float | None) -> tupl
     if rows:
         _row_stats_kernel[(rows,)](
             z, z.stride(0), tgt, out[0], out[1], out[2], out[3], V, float(softcap or 1.0),
-            HAS_SOFTCAP=softcap is not None, BLOCK_V=_block(V),
+            HAS_SOFTCAP=softcap is not None, BLOCK_V=_block(V), num_warps=_warps(_block(V)),
         )
     return out[0], out[1], out[2], out[3]
 
@@ -108,6 +112,6 @@ def row_grad_(z: torch.Tensor, tgt: torch.Tensor, lse: torch.Tensor, scale: torc
     if rows:
         _row_grad_kernel[(rows,)](
             z, z.stride(0), tgt, lse, scale, V, float(softcap or 1.0), float(target_coef), float(uniform_coef),
-            float(z_loss), HAS_SOFTCAP=softcap is not None, BLOCK_V=_block(V),
+            float(z_loss), HAS_SOFTCAP=softcap is not None, BLOCK_V=_block(V), num_warps=_warps(_block(V)),
         )
     return z
