@@ -100,12 +100,20 @@ def _batch(n: int = 4, length: int = 12):
     return ids, labels
 
 
-def _loss(model, ids, labels, total_tokens):
-    logits = model(input_ids=ids, use_cache=False).logits.float()
+def _loss(model, ids, labels, total_tokens, hidden: bool = False):
+    if hidden:  # as the loop does for fused losses: decoder output + lm_head weight read after forward
+        seen = []
+        handle = model.get_decoder().register_forward_hook(lambda m, a, out: seen.append(out.last_hidden_state))
+        model(input_ids=ids, use_cache=False, logits_to_keep=torch.empty(0, dtype=torch.long))
+        handle.remove()
+        logits = (seen[0] @ model.get_output_embeddings().weight.T).float()
+    else:
+        logits = model(input_ids=ids, use_cache=False).logits.float()
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum") / total_tokens
 
 
-def grads_match(model_dir: Path, fsdp: FSDP2, mesh, what: str, atol: float, parallel=None, tp: bool = False, accum: bool = False) -> None:
+def grads_match(model_dir: Path, fsdp: FSDP2, mesh, what: str, atol: float, parallel=None, tp: bool = False, accum: bool = False,
+                hidden: bool = False) -> None:
     """One forward/backward on half the batch per data-parallel rank (loss scaled as the loop does)
     gives the same loss and full gradients as the whole batch on an unsharded model."""
     from transformers import AutoModelForCausalLM
@@ -136,7 +144,7 @@ def grads_match(model_dir: Path, fsdp: FSDP2, mesh, what: str, atol: float, para
     total = torch.zeros(())
     for i, part in enumerate(micro):
         model.set_requires_gradient_sync(i == len(micro) - 1)
-        loss = _loss(model, ids[part], labels[part], tokens)
+        loss = _loss(model, ids[part], labels[part], tokens, hidden)
         (loss * dp).backward()
         total += loss.detach()
     dist.all_reduce(total)
@@ -164,6 +172,7 @@ def training(model_dir: Path, tied_dir: Path) -> None:
     fsdp_mesh = init_device_mesh("cpu", (2,), mesh_dim_names=("dp_shard",))
     grads_match(model_dir, FSDP2(), fsdp_mesh, "fsdp2", 1e-6)
     grads_match(model_dir, FSDP2(), fsdp_mesh, "fsdp2 grad accumulation", 1e-6, accum=True)
+    grads_match(model_dir, FSDP2(), fsdp_mesh, "fsdp2 hidden states + lm_head weight", 1e-6, accum=True, hidden=True)
     grads_match(model_dir, FSDP2(reshard_after_forward=False, activation_checkpointing=True), fsdp_mesh, "fsdp2 checkpointing", 1e-6)
     grads_match(model_dir, FSDP2(cpu_offload=True), fsdp_mesh, "fsdp2 cpu offload", 1e-6)
     grads_match(model_dir, FSDP2(meta_init=False), fsdp_mesh, "fsdp2 without meta init", 1e-6)

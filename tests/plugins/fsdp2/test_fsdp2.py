@@ -108,7 +108,8 @@ def test_sharded_checkpoint_resume(runs: dict[str, Path], tmp_path: Path) -> Non
 
 def test_distributed_checks(runs: dict[str, Path], tmp_path: Path) -> None:
     """Meta-device loading (per-rank shards, tied and untied, fp32 -> bf16), shard-independent random
-    init, and gradients equal to an unsharded model for: plain, grad accumulation, activation
+    init, and gradients equal to an unsharded model for: plain, grad accumulation, a fused-loss style
+    forward (hidden states + lm_head weight read after forward), activation
     checkpointing + no reshard, CPU offload, no meta init, bf16 mixed precision, HSDP, TP + FSDP."""
     tied = tiny_model(tmp_path, tie_word_embeddings=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

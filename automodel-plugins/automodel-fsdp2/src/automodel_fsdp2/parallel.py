@@ -99,7 +99,9 @@ class FSDP2:
         for i, block in enumerate(reversed(blocks)):
             reshard = self.reshard_after_forward if i > 0 else False
             fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=mp, offload_policy=offload)
-        fully_shard(model, mesh=dp_mesh, reshard_after_forward=self.reshard_after_forward, mp_policy=mp, offload_policy=offload)
+        # The root (embeddings, final norm, lm_head) stays gathered from forward to backward: backward
+        # starts there, and a fused loss reads the lm_head weight after the forward has returned.
+        fully_shard(model, mesh=dp_mesh, reshard_after_forward=False, mp_policy=mp, offload_policy=offload)
         ctx.extras["fsdp2_blocks"] = len(blocks)
         ctx.print(
             f"fsdp2: {len(blocks)} blocks + root sharded over {dict(zip(dp_mesh.mesh_dim_names, dp_mesh.shape))}"
