@@ -117,8 +117,9 @@ class FSDP2:
         owners = [p.get("name") for p in (ctx.config or {}).get("parallel", [])]
         if "ddp" in owners:
             raise AutomodelError(
-                "parallel: 'ddp' cannot wrap a model sharded by 'fsdp2' (both would average gradients)",
-                )
+                "parallel: 'ddp' cannot wrap a model sharded by 'fsdp2'; for HSDP (replicate across groups, "
+                "shard within) write parallel: [{name: fsdp2_replicate, size: N}, {name: fsdp2}]"
+            )
         return mesh["dp_replicate", "dp_shard"]  # HSDP: replicate on dim 0, shard on dim 1
 
 
