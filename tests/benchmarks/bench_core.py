@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from automodel import config as config_mod
 from automodel import hookimpl
 from automodel.builtin.datasets import MockDataset

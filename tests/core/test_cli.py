@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import yaml
-
 from automodel import __version__
 from automodel.testing import make_config, run_cli
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from automodel import config
 from automodel.errors import ConfigError
 from automodel.plugins import load_plugins

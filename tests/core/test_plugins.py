@@ -9,7 +9,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from automodel import hookspecs
 from automodel.errors import PluginError
 from automodel.plugins import load_plugins

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from automodel.errors import PluginError, UnknownComponentError
 from automodel.plugins import load_plugins
 from automodel.registry import Entry, Registry, import_target

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from automodel.testing import make_config, read_metrics, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
