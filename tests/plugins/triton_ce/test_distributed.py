@@ -24,10 +24,10 @@ def test_dtensor_weights_match_single_process():
 
 
 def test_fsdp2_plugin_trains_like_single_process(tmp_path, tiny_model_dir, masked_ce_baseline):
-    # reshard_after_forward: false - see the README (a hidden-state loss skips the root's output, so
-    # the root must keep its parameters gathered for backward).
+    # fsdp2's defaults (reshard_after_forward: true): the plugin keeps the root gathered, so the loss can
+    # read the lm_head weight after forward.
     got = train_curve(tmp_path, tiny_model_dir, {"name": "triton_ce"},
-                      parallel=[{"name": "fsdp2", "reshard_after_forward": False}],
+                      parallel=[{"name": "fsdp2"}],
                       launcher={"name": "local", "nproc_per_node": 2})
     assert_same_curve(got, masked_ce_baseline, "fsdp2 x2 + triton_ce")
 
@@ -37,6 +37,6 @@ def test_tp_vocab_parallel_with_fsdp2_trains_like_single_process(tmp_path, tiny_
     vocabulary and the loss combines the shards' softmax statistics instead of gathering the weight."""
     got = train_curve(tmp_path, tiny_model_dir, {"name": "triton_ce"},
                       parallel=[{"name": "tp", "size": 2, "sequence_parallel": True},
-                                {"name": "fsdp2", "reshard_after_forward": False}],
+                                {"name": "fsdp2"}],
                       launcher={"name": "local", "nproc_per_node": 4})
     assert_same_curve(got, masked_ce_baseline, "fsdp2 x2 * tp x2 (sequence parallel) + triton_ce")
