@@ -62,6 +62,21 @@ def register_model_transforms(register: Register) -> None:
     before any parallelizer. A transform may also define ``export(model, tokenizer, out_dir, ctx)``
     (called on every rank at export; write only on ``ctx.is_main``) to change what the final export
     writes, for example a PEFT adapter directory instead of full weights.
+
+    With ``ctx.meta_init`` the model ``apply`` receives is on the ``meta`` device; a transform should
+    keep it there (no real weights) and let the loop load them after sharding. A transform that renames
+    weights or adds new ones (LoRA) tells the loop how, with two optional methods:
+
+    * ``checkpoint_key(name) -> str | None``: the name in the pretrained files of the weight ``name``
+      of the model ``apply`` returned (a state-dict key), or ``None`` for a weight no file holds. Several
+      weights may name the same entry (each gets its value). Without the method a name is unchanged.
+    * ``init_weights(model, full_size)``: called once, after the weights in the files are loaded (or
+      randomly initialized as for the model without the transform), to initialize the ``None`` weights.
+      ``full_size(*modules)`` is a context manager: inside it the parameters of those modules are whole
+      tensors (sharded ones gathered: a collective, so every rank makes the same calls in the same
+      order); on exit each rank keeps its shard. Initializing at full size from a fixed seed thus gives
+      the same values for any number of ranks. Only called for a model built on ``meta``: otherwise
+      ``apply`` initializes its weights itself.
     """
 
 

@@ -227,7 +227,7 @@ def train(cfg: dict[str, Any], plugins: Plugins) -> dict[str, Any]:
     if mesh is not None:
         for p in sorted(parallelizers, key=lambda p: -DIM_ORDER.index(p.dim)):
             model = p.apply(model, mesh, ctx)
-    materialize(model, ctx)
+    materialize(model, ctx, transforms)
     model.train()
     hf_model = unwrap(model)
     params = [p for p in model.parameters() if p.requires_grad]

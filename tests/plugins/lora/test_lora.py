@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ SCHED = {"global_batch_size": 8, "local_batch_size": 2, "max_steps": 8, "log_eve
 CKPT = {"export_hf": True, "save_final": True, "keep_last": 5}
 TWO = {"launcher": {"name": "local", "nproc_per_node": 2}}
 PROMPTS = ["reverse abc\n", "reverse hello\ncba", "reverse xyzzy\n"]
+HERE = Path(__file__).parent
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +33,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     for name, extra in variants.items():
         cfg = make_config(root / name, model, transforms=[LORA], optimizer={"name": "adamw", "lr": 2.0e-2},
                           step_scheduler=SCHED, checkpoint=CKPT, **extra)
-        run_cli("run", cfg, cwd=root)
+        proc = run_cli("run", cfg, cwd=root)
         out[name] = root / name / "run"
+        out[f"{name}_log"] = proc.stdout + proc.stderr
     return out
 
 
@@ -170,6 +175,48 @@ def test_fsdp2_two_processes_match_one(runs: dict[str, Any]) -> None:
         torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
 
 
+def test_fsdp2_meta_init_loads_base_shards_not_the_whole_model(runs: dict[str, Any]) -> None:
+    """fsdp2 (meta_init by default) + lora: the LoRA model stays on meta through sharding and the core
+    reads each rank's shards of the base files; no rank loads the base model unsharded first."""
+    pytest.importorskip("automodel_fsdp2")
+    log = runs["fsdp2_log"]
+    assert "on the meta device: base weights load sharded, adapters initialized after" in log, log[-3000:]
+    assert "unsharded" not in log, log[-3000:]
+
+
+def test_fsdp2_exports_load_with_peft_and_transformers(runs: dict[str, Any]) -> None:
+    """The adapter and merged model of the 2-process FSDP2 run load as they are and give the logits
+    of the 1-process run's."""
+    pytest.importorskip("automodel_fsdp2")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tok = _tokenizer(runs["single"] / "hf")
+    want = _logits(PeftModel.from_pretrained(_base(runs["model"]), runs["single"] / "hf"), tok)
+    got = _logits(PeftModel.from_pretrained(_base(runs["model"]), runs["fsdp2"] / "hf"), tok)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    merged = _logits(AutoModelForCausalLM.from_pretrained(runs["fsdp2"] / "hf" / "merged"), tok)
+    torch.testing.assert_close(merged, want, rtol=1e-4, atol=1e-4)
+
+
+def test_fsdp2_meta_init_matches_unsharded_init(runs: dict[str, Any]) -> None:
+    """Under torchrun (2 processes, gloo): meta model + lora + fsdp2 + materialize holds exactly the
+    weights of the unsharded LoRA model (pretrained and random base; LoRA, DoRA + modules_to_save +
+    random A/B, gaussian + rsLoRA), and each rank holds only its shards."""
+    pytest.importorskip("automodel_fsdp2")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("AUTOMODEL_LAUNCHED", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(HERE / "lora_dist_checks.py"), str(runs["model"])],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
+    for case in ("lora", "dora_saved_random_ab", "gaussian_rslora"):
+        for base in ("pretrained", "random"):
+            assert f"ok {case} {base}" in proc.stdout, proc.stdout[-4000:]
+
+
 @pytest.mark.parametrize("source", ["single", "fsdp2"])
 def test_resume_continues_the_same_curve(runs: dict[str, Any], source: str) -> None:
     """Resume a step-4 checkpoint (of the 1-process run, or of the 2-process FSDP2 run: resharded) in one
@@ -301,23 +348,45 @@ def test_adapters_do_not_depend_on_the_device_layout(tmp_path: Path) -> None:
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
 
 
-def test_meta_model_is_loaded_before_adapting(tmp_path: Path) -> None:
-    """A loader that built the model on meta (meta_init parallelizers): the base weights are loaded first."""
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_meta_model_stays_on_meta_until_materialize(tmp_path: Path, pretrained: bool) -> None:
+    """A loader that built the model on meta (meta_init parallelizers): lora adapts it on meta; the
+    core's materialize then loads the base weights by their names in the files (``checkpoint_key``),
+    or initializes them as for the model without lora, and lora initializes the adapters
+    (``init_weights``): the result equals lora applied to the real model."""
     from accelerate import init_empty_weights
+    from automodel.builtin.models import init_weights, materialize
     from automodel.context import Context
     from automodel_lora.transform import LoRA
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model_dir = tiny_model(tmp_path)
+    spec = {"target_modules": ["q_proj", "down_proj"], "modules_to_save": ["lm_head"], "use_dora": True}
     with init_empty_weights(include_buffers=False):
         meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
-    meta.config.name_or_path = str(model_dir)
-    model = LoRA(target_modules=["q_proj"]).apply(meta, Context(config={"seed": 3}, meta_init=True))
-    assert not any(p.is_meta for p in model.parameters())
-    base = _base(model_dir)
-    torch.testing.assert_close(model.model.layers[0].self_attn.q_proj.base_layer.weight, base.model.layers[0].self_attn.q_proj.weight)
-    tok = _tokenizer(model_dir)
-    torch.testing.assert_close(_logits(model, tok), _logits(base, tok))  # B = 0: unchanged at start
+    meta.config.name_or_path = str(model_dir) if pretrained else ""
+    transform = LoRA(**spec)
+    ctx = Context(config={"seed": 3}, meta_init=True)
+    model = transform.apply(meta, ctx)
+    assert all(p.is_meta for p in model.parameters())
+    assert transform.checkpoint_key("model.layers.0.self_attn.q_proj.base_layer.weight") == "model.layers.0.self_attn.q_proj.weight"
+    assert transform.checkpoint_key("model.layers.0.self_attn.q_proj.lora_A.default.weight") is None
+    assert transform.checkpoint_key("lm_head.modules_to_save.default.weight") == "lm_head.weight"
+    assert transform.checkpoint_key("model.norm.weight") == "model.norm.weight"
+    materialize(model, ctx, [transform])
+    if pretrained:
+        base = _base(model_dir)
+    else:
+        base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+        init_weights(base, 3)
+    want = LoRA(**spec).apply(base, Context(config={"seed": 3}))
+    got = model.state_dict()
+    assert set(got) == set(want.state_dict())
+    for k, v in want.state_dict().items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=0, msg=k)
+    saved = model.lm_head.modules_to_save["default"].weight  # the trained copy starts as the base head
+    torch.testing.assert_close(saved, model.lm_head.original_module.weight, rtol=0, atol=0)
+    assert float(saved.abs().max()) > 0
 
 
 def test_run_dir_has_no_full_weights(runs: dict[str, Any]) -> None:

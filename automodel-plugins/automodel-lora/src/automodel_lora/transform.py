@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,6 +75,8 @@ class LoRA:
         self.export_merged = export_merged
         self.seed = seed
         self.peft_model: Any = None  # the PeftModel around the returned model, set by apply()
+        self._seed = 0  # of the adapter init, set by apply()
+        self._wrappers: list[tuple[str, str]] = []  # peft layers of the returned model, set by apply()
 
     # -- configuration ----------------------------------------------------------------------------
 
@@ -98,13 +102,17 @@ class LoRA:
     def apply(self, model: Any, ctx: Any) -> Any:
         from peft import get_peft_model
 
-        if any(p.is_meta for p in model.parameters()):
-            model = _load_unsharded(model, ctx)
+        meta = any(p.is_meta for p in model.parameters())
         config = self.lora_config()
         targets = check_targets(model, config)
         peft_model = get_peft_model(model, config)
-        self._init_adapters(peft_model, ctx)
         self.peft_model = peft_model
+        self._seed = self.seed if self.seed is not None else int((ctx.config or {}).get("seed", 0))
+        self._wrappers = _wrappers(peft_model.base_model.model)
+        if not meta:
+            self.init_weights(peft_model.base_model.model, _in_place)
+        # else: still on the meta device (meta_init parallelizers); the core loads this rank's shards
+        # of the base weights through checkpoint_key(), then calls init_weights()
 
         total = sum(p.numel() for p in peft_model.parameters())
         trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
@@ -115,32 +123,58 @@ class LoRA:
             f"linear layers ({', '.join(f'{k} x{n}' for k, n in kinds.items())})"
             f"{', full: ' + ', '.join(self.modules_to_save) if self.modules_to_save else ''}; "
             f"trainable {trainable / 1e6:.3f}M of {total / 1e6:.3f}M parameters ({100 * trainable / total:.2f}%)"
+            + ("; on the meta device: base weights load sharded, adapters initialized after" if meta else "")
         )
         return peft_model.base_model.model
 
-    def _init_adapters(self, peft_model: Any, ctx: Any) -> None:
-        """(Re)initialize every adapter from ``seed`` alone, in module order, so that a run starts from
-        the same adapters whatever the number of processes or the parallelizers."""
+    def checkpoint_key(self, name: str) -> str | None:
+        """The name of the model's weight ``name`` in the base model's files: ``<layer>.base_layer.<w>``
+        and a ``modules_to_save`` copy or original (``<m>.modules_to_save.default.<w>``,
+        ``<m>.original_module.<w>``) are the base model's ``<layer>.<w>`` / ``<m>.<w>``; adapter
+        weights (``lora_A``, ``lora_B``, DoRA's ``lora_magnitude_vector``) are in no file (``None``)."""
+        for prefix, kind in self._wrappers:  # innermost first
+            if not name.startswith(prefix + "."):
+                continue
+            head, _, tail = name[len(prefix) + 1:].partition(".")
+            if kind == "lora":
+                if head != "base_layer":
+                    return None
+                name = f"{prefix}.{tail}"
+            elif head == "original_module":
+                name = f"{prefix}.{tail}"
+            elif head == "modules_to_save":
+                name = f"{prefix}.{tail.partition('.')[2]}"
+        return name
+
+    def init_weights(self, model: Any, full_size: Any) -> None:
+        """(Re)initialize every adapter as ``peft`` does (``init_lora_weights``), from ``seed`` alone, in
+        module order, so that a run starts from the same adapters whatever the number of processes or
+        the parallelizers. ``full_size(*modules)`` makes sharded parameters whole for the block (the
+        core's, after a meta-device load); DoRA's magnitude is computed from the (loaded) base weight."""
         import torch
         from peft.tuners.lora import LoraLayer
 
-        seed = self.seed if self.seed is not None else int((ctx.config or {}).get("seed", 0))
-        cuda = sorted({p.device.index or 0 for p in peft_model.parameters() if p.device.type == "cuda"})
+        cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
         with torch.random.fork_rng(devices=cuda), torch.no_grad():
-            torch.manual_seed(seed)
-            for module in peft_model.modules():
+            torch.manual_seed(self._seed)
+            for module in model.modules():
                 if not isinstance(module, LoraLayer) or ADAPTER not in module.lora_A:
                     continue
-                if self.init_lora_weights is False:
-                    module.lora_A[ADAPTER].reset_parameters()
-                    module.lora_B[ADAPTER].reset_parameters()
-                else:
-                    module.reset_lora_parameters(ADAPTER, self.init_lora_weights)
-                if ADAPTER in module.lora_magnitude_vector:  # DoRA: magnitude = row norms of W + scale * B A
-                    module.lora_magnitude_vector[ADAPTER].update_layer(
-                        base_layer=module.get_base_layer(), lora_A=module.lora_A[ADAPTER].weight,
-                        lora_B=module.lora_B[ADAPTER].weight, scaling=module.scaling[ADAPTER],
-                    )
+                dora = ADAPTER in module.lora_magnitude_vector
+                parts = [module.lora_A[ADAPTER], module.lora_B[ADAPTER]]
+                if dora:
+                    parts += [module.lora_magnitude_vector[ADAPTER], module.get_base_layer()]
+                with full_size(*parts):
+                    if self.init_lora_weights is False:
+                        module.lora_A[ADAPTER].reset_parameters()
+                        module.lora_B[ADAPTER].reset_parameters()
+                    else:
+                        module.reset_lora_parameters(ADAPTER, self.init_lora_weights)
+                    if dora:  # magnitude = row norms of W + scale * B A
+                        module.lora_magnitude_vector[ADAPTER].update_layer(
+                            base_layer=module.get_base_layer(), lora_A=module.lora_A[ADAPTER].weight,
+                            lora_B=module.lora_B[ADAPTER].weight, scaling=module.scaling[ADAPTER],
+                        )
 
     def export(self, model: Any, tokenizer: Any, out_dir: str | Path, ctx: Any) -> Path:
         """Write a PEFT adapter directory (``PeftModel.from_pretrained(base, out_dir)`` loads it) plus the
@@ -266,26 +300,18 @@ def check_targets(model: Any, config: Any) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _load_unsharded(model: Any, ctx: Any) -> Any:
-    """Build real weights for a model the loader left on the meta device (``meta_init`` parallelizers).
+def _wrappers(model: Any) -> list[tuple[str, str]]:
+    """``(name, kind)`` of the ``peft`` layers in ``model``: ``lora`` (``base_layer`` + adapters) or
+    ``saved`` (``modules_to_save``: ``original_module`` + copies), innermost (longest name) first."""
+    from peft.tuners.lora import LoraLayer
+    from peft.utils import ModulesToSaveWrapper
 
-    LoRA renames the layers it wraps (``q_proj.weight`` becomes ``q_proj.base_layer.weight``) and adds
-    adapter weights that no checkpoint holds, so the core's sharded meta-device loader cannot fill the
-    adapted model. The base model is loaded here instead, unsharded, on the host of every rank (what
-    ``meta_init: false`` does), before the adapters are added and the parallelizers shard it."""
-    import torch
+    out = [(name, "lora") for name, m in model.named_modules() if isinstance(m, LoraLayer)]
+    out += [(name, "saved") for name, m in model.named_modules() if isinstance(m, ModulesToSaveWrapper)]
+    return sorted(out, key=lambda item: -len(item[0]))
 
-    source = getattr(model.config, "name_or_path", "") or ""
-    dtype = next(iter(model.parameters())).dtype
-    cls = type(model)
-    ctx.print(
-        f"lora: the model was built on the meta device; loading the base weights unsharded first "
-        f"({source or 'random init'}), as meta_init: false would"
-    )
-    if source:
-        real = cls.from_pretrained(source, config=model.config, dtype=dtype)
-    else:
-        torch.manual_seed(int((ctx.config or {}).get("seed", 0)))
-        real = cls._from_config(model.config, dtype=dtype)
-    real.config.name_or_path = source
-    return real
+
+@contextmanager
+def _in_place(*modules: Any) -> Iterator[None]:
+    """``full_size`` for a model that is not sharded: the parameters are already whole."""
+    yield
