@@ -110,6 +110,17 @@ def _batches(loader: Any, sampler: Any, state: TrainState, samples_per_batch: in
         state.epoch_samples = 0
 
 
+def _finish(ctx: Context, plugins: Plugins, loggers: list[Any], metrics: dict[str, Any], stop: StopFlag) -> None:
+    """End of a run, finished or stopped by a signal: hooks, loggers, signal handlers, process group."""
+    plugins.hook.on_train_end(ctx=ctx, metrics=metrics)
+    for lg in loggers:
+        lg.close()
+    stop.uninstall()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _stop_for_signal(stop: StopFlag, checkpointer: Any, state: dict[str, Any], step: int, ctx: Context,
                      plugins: Plugins, loggers: list[Any], metrics: dict[str, Any]) -> NoReturn:
     """SIGTERM/SIGUSR1 seen by any rank: checkpoint (unless this step just was), then exit 75 everywhere."""
@@ -125,13 +136,7 @@ def _stop_for_signal(stop: StopFlag, checkpointer: Any, state: dict[str, Any], s
     if ctx.is_main:
         write_marker(ctx.output_dir, {"step": step, "signal": stop.name, "checkpoint": path})
     ctx.print(message)
-    plugins.hook.on_train_end(ctx=ctx, metrics=metrics)
-    for lg in loggers:
-        lg.close()
-    stop.uninstall()
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    _finish(ctx, plugins, loggers, metrics, stop)
     raise Preempted(message, step, path)
 
 
@@ -354,13 +359,7 @@ def train(cfg: dict[str, Any], plugins: Plugins) -> dict[str, Any]:
         plugins.hook.on_checkpoint_saved(ctx=ctx, step=train_state.step, path=str(path))
     if getattr(checkpointer, "export_hf", True):
         export(model, tokenizer, transforms, checkpointer, ctx)
-    plugins.hook.on_train_end(ctx=ctx, metrics=metrics)
-    for lg in loggers:
-        lg.close()
-    stop.uninstall()
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    _finish(ctx, plugins, loggers, metrics, stop)
     return metrics
 
 
