@@ -51,6 +51,14 @@ def test_misspelled_key_is_named_with_a_suggestion(base, plugins):
     assert "step_scheduler.max_step: unknown key" in err and "did you mean 'max_steps'?" in err
 
 
+def test_a_wrong_choice_lists_the_choices_and_the_closest(base, plugins):
+    err = str(problems({**base, "model": {**base["model"], "dtype": "bfloat61"}, "device": "gpu"}, plugins))
+    assert "model.dtype: expected one of 'float32', 'bfloat16', 'float16', got str 'bfloat61'" in err
+    assert "did you mean 'bfloat16'?" in err
+    assert "device: expected one of 'auto', 'cpu', 'cuda', got str 'gpu'" in err
+    assert "did you mean 'cpu'" not in err  # too short to guess from: the choices are listed instead
+
+
 def test_all_problems_are_reported_at_once(base, plugins):
     raw = {**base, "optimizer": {"name": "adamw", "lr": "fast"}, "seed": "x", "loss": {"name": "nope"}}
     err = problems(raw, plugins)

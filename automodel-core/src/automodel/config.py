@@ -251,7 +251,18 @@ def describe(ann: Any) -> str:
     ann = _annotation(ann)
     if isinstance(ann, type):
         return ann.__name__
+    if typing.get_origin(ann) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(ann))
     return str(ann).replace("typing.", "")
+
+
+def type_problem(key: str, value: Any, ann: Any) -> Problem:
+    """The problem for a value that does not fit its annotation, with the closest allowed choice."""
+    choices = [a for a in typing.get_args(_annotation(ann)) if isinstance(a, str)]
+    # Short words are too alike to guess from (gpu is not cpu); the choices are listed anyway.
+    close = did_you_mean(value, choices) if isinstance(value, str) and len(value) > 3 and choices else None
+    return Problem(key, f"expected {describe(ann)}, got {type(value).__name__} {value!r}",
+                   f"did you mean {close!r}?" if close else None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -292,12 +303,7 @@ def check_arguments(
                 problems.append(Problem(f"{key}.{arg}", "unknown key", hint))
             continue
         if not type_ok(value, param.annotation):
-            problems.append(
-                Problem(
-                    f"{key}.{arg}",
-                    f"expected {describe(param.annotation)}, got {type(value).__name__} {value!r}",
-                )
-            )
+            problems.append(type_problem(f"{key}.{arg}", value, param.annotation))
     for name, param in named.items():
         if param.default is inspect.Parameter.empty and name not in args:
             problems.append(Problem(f"{key}.{name}", "missing required argument", f"add {name}: <{describe(param.annotation)}>"))
@@ -352,7 +358,7 @@ def resolve(
         if isinstance(spec, Scalar):
             value = copy.deepcopy(spec.default) if key not in raw else value
             if not type_ok(value, spec.type):
-                problems.append(Problem(key, f"expected {describe(spec.type)}, got {type(value).__name__} {value!r}"))
+                problems.append(type_problem(key, value, spec.type))
             cfg[key] = value
         elif isinstance(spec, Component):
             if value is None:
