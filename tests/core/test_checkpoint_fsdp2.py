@@ -13,10 +13,11 @@ from automodel.testing import make_config, run_cli, tiny_model
 pytest.importorskip("automodel_fsdp2", reason="the FSDP2 plugin (automodel-plugins/automodel-fsdp2) provides DTensor state")
 
 
-def test_fsdp2_checkpoint_exports_and_resumes_on_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied-embeddings"])
+def test_fsdp2_checkpoint_exports_and_resumes_on_one_process(tmp_path: Path, tied: bool) -> None:
     from transformers import AutoModelForCausalLM
 
-    model_dir = tiny_model(tmp_path)
+    model_dir = tiny_model(tmp_path, tie_word_embeddings=tied)
     cfg = make_config(
         tmp_path, model_dir,
         step_scheduler={"global_batch_size": 8, "local_batch_size": 4, "max_steps": 4, "log_every_steps": 1, "ckpt_every_steps": 2},

@@ -434,6 +434,13 @@ class Checkpointer:
         sd = get_model_state_dict(model)
         sharded = any(type(v).__name__ == "DTensor" for v in sd.values())
         if sharded:
+            # Tied weights (embed_tokens / lm_head) are one parameter under two names: write it once,
+            # under its first name, as save_pretrained does; from_pretrained ties it again.
+            seen: set[int] = set()
+            for name, p in unwrap(model).named_parameters(remove_duplicate=False):
+                if id(p) in seen:
+                    sd.pop(name, None)
+                seen.add(id(p))
             export_sharded(sd, out, self.ctx)
             if self.ctx.is_main:
                 unwrap(model).config.save_pretrained(out)
