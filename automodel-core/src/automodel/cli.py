@@ -98,7 +98,7 @@ def run(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str,
     saved = out / "config.yaml"
     saved.write_text(config_mod.dump(cfg))
     launcher = config_mod.build_component(plugins, "launchers", cfg["launcher"])
-    if dry_run:  # launchers that can preview themselves have a `dry_run` attribute (e.g. slurm)
+    if dry_run:  # launchers that can preview themselves have a `dry_run` attribute (local, slurm)
         if not hasattr(launcher, "dry_run"):
             name = cfg["launcher"].get("name", cfg["launcher"].get("_target_"))
             raise AutomodelError(f"--dry-run: the '{name}' launcher has no dry run; `automodel validate {config_path}` checks the config")

@@ -191,10 +191,24 @@ def test_dry_run_prints_script_without_sbatch(tmp_path: Path, model_dir: Path, h
     assert saved["parallel"] == [{"name": "ddp"}]  # resolved for world size 2 before rendering
 
 
-def test_dry_run_flag_with_a_launcher_without_dry_run(tmp_path: Path, model_dir: Path) -> None:
+def test_dry_run_of_the_local_launcher_shows_the_command_and_starts_nothing(tmp_path: Path, model_dir: Path) -> None:
     cfg = slurm_cfg(tmp_path, model_dir, "dry", {"nproc_per_node": 2})
-    out = run_cli("run", cfg, "launcher={name: local}", "--dry-run", cwd=tmp_path, check=False)
-    assert out.returncode == 2 and "--dry-run: the 'local' launcher has no dry run" in out.stderr, out.stderr
+    out = run_cli("run", cfg, "launcher={name: local, nproc_per_node: 2}", "--dry-run", cwd=tmp_path)
+    saved = tmp_path / "dry" / "config.yaml"
+    assert f"would start 2 processes: torchrun --standalone --nproc_per_node=2 -m automodel run {saved}" in out.stdout
+    assert not (tmp_path / "dry" / "metrics.jsonl").exists()
+
+
+def test_dry_run_flag_with_a_launcher_without_dry_run(tmp_path: Path, model_dir: Path) -> None:
+    (tmp_path / "my_launcher.py").write_text(
+        "class Launcher:\n"
+        "    world_size = 1\n"
+        "    def launch(self, job):\n"
+        "        raise SystemExit('must not start')\n"
+    )
+    cfg = slurm_cfg(tmp_path, model_dir, "dry", {"nproc_per_node": 1})
+    out = run_cli("run", cfg, "launcher={_target_: 'my_launcher:Launcher'}", "--dry-run", cwd=tmp_path, check=False)
+    assert out.returncode == 2 and "--dry-run: the 'my_launcher:Launcher' launcher has no dry run" in out.stderr, out.stderr
     assert not (tmp_path / "dry" / "metrics.jsonl").exists()
 
 
