@@ -58,6 +58,17 @@ def test_two_processes_ddp_match_one_process(quickstart_one_process, tmp_path):
     torch.testing.assert_close(val(two), val(one), rtol=1e-5, atol=1e-5)
 
 
+def test_fsdp2_from_scratch_matches_one_process(quickstart_one_process, tmp_path):
+    """The quickstart model is built from a config: on meta and sharded (FSDP2's meta init) it must get
+    the same initial weights as the plain model, hence the same losses."""
+    pytest.importorskip("automodel_fsdp2", reason="the FSDP2 plugin (automodel-plugins/automodel-fsdp2)")
+    one, _ = quickstart_one_process
+    two = tmp_path / "fsdp2"
+    proc = run_cli("run", QUICKSTART, f"output_dir={two}", "launcher.nproc_per_node=2", "parallel=[{name: fsdp2}]", *FEW_STEPS)
+    assert "mesh dp_shard=2" in proc.stdout
+    torch.testing.assert_close(losses(two), losses(one), rtol=1e-5, atol=1e-5)
+
+
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_model_dir):
     runs = {}
     for local in (8, 2):

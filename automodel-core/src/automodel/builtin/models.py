@@ -31,7 +31,8 @@ def hf(
 
     Give either ``pretrained`` (a local directory or a hub id) or ``config`` (a dict with
     ``model_type`` and the architecture's fields, for a randomly initialized model, seeded by
-    ``seed``) together with ``tokenizer`` (path or hub id). ``dtype`` is the parameter dtype.
+    ``seed``: the same weights whether or not a parallelizer shards it) together with ``tokenizer``
+    (path or hub id). ``dtype`` is the parameter dtype.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -69,6 +70,9 @@ def hf(
         model = AutoModelForCausalLM.from_pretrained(pretrained, config=model_config, dtype=torch_dtype, **kwargs)
     else:
         model = AutoModelForCausalLM.from_config(model_config, dtype=torch_dtype, **kwargs)
+        # The initialization a model built on meta gets after sharding (materialize): a from-scratch
+        # run starts from the same weights with any parallelizer and any number of processes.
+        init_weights(model, ctx.config.get("seed", 0))
     if not ctx.meta_init:
         model.to(ctx.device)
     return model, tok
