@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from automodel.testing import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]

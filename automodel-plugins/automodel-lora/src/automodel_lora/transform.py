@@ -10,6 +10,7 @@ the full-weights export: a PEFT adapter directory, and optionally the merged mod
 from __future__ import annotations
 
 import re
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,7 +106,9 @@ class LoRA:
         meta = any(p.is_meta for p in model.parameters())
         config = self.lora_config()
         targets = check_targets(model, config)
-        peft_model = get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft calls an attribute transformers 5 deprecated; not the user's to fix
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = get_peft_model(model, config)
         self.peft_model = peft_model
         self._seed = self.seed if self.seed is not None else int((ctx.config or {}).get("seed", 0))
         self._wrappers = _wrappers(peft_model.base_model.model)
