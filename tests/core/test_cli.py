@@ -88,3 +88,19 @@ def test_plugins_table_and_json():
     assert data[0]["registers"]["parallelizers"] == ["ddp"]
     check = run_cli("plugins", "--check", env={"AUTOMODEL_LOAD_PLUGINS": ""})
     assert "all plugins OK" in check.stdout
+
+
+def test_a_failing_worker_under_torchrun_gives_its_exit_code_and_one_line(tmp_path, tiny_model_dir):
+    (tmp_path / "fail_at_step_2.py").write_text(
+        "from automodel import hookimpl\n\n"
+        "@hookimpl\n"
+        "def on_step_end(ctx, step):\n"
+        "    if step == 2 and ctx.rank == 1:\n"
+        "        raise SystemExit(3)\n"
+    )
+    path = make_config(tmp_path, tiny_model_dir, launcher={"name": "local", "nproc_per_node": 2},
+                       step_scheduler={"global_batch_size": 4, "local_batch_size": 2, "max_steps": 4})
+    out = run_cli("run", path, "--plugin", "fail_at_step_2", cwd=tmp_path, check=False)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "torchrun: worker rank 1 exited with code 3" in out.stderr, out.stderr
+    assert "ChildFailedError" not in out.stderr  # torchrun's 30-line report is replaced by that line

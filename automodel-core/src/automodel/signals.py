@@ -116,26 +116,18 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-# torchrun with SIGUSR1 ignored: torchrun does not handle SIGUSR1 (the default action would kill it and
-# orphan the workers when a scheduler signals the whole process group). The workers inherit the ignore
-# only until the training loop installs its own handlers.
-_TORCHRUN = (
-    "import runpy, signal, sys; signal.signal(signal.SIGUSR1, signal.SIG_IGN); sys.argv[0] = 'torchrun'; "
-    "runpy.run_module('torch.distributed.run', run_name='__main__', alter_sys=True)"
-)
-
-
 def torchrun_command(args: list[str]) -> list[str]:
-    """``python -m torch.distributed.run ARGS``, shielded from SIGUSR1 (see :func:`run_torchrun`)."""
-    return [sys.executable, "-c", _TORCHRUN, *args]
+    """``python -m torch.distributed.run ARGS`` through :mod:`automodel._torchrun`: shielded from SIGUSR1
+    (see :func:`run_torchrun`), and a failed worker's exit code instead of torchrun's error report."""
+    return [sys.executable, "-m", "automodel._torchrun", *args]
 
 
 def run_torchrun(cmd: list[str], env: dict[str, str], output_dir: str | os.PathLike[str]) -> int:
     """Run torchrun (``cmd``) and return the exit code ``automodel run`` should exit with.
 
     SIGTERM / SIGUSR1 received by this process are forwarded to the training processes (torchrun's
-    children), which checkpoint and exit 75. torchrun reports a failed child as exit code 1; when the
-    workers left the preemption marker, the result is :data:`REQUEUE_EXIT_CODE` instead.
+    children), which checkpoint and exit 75. A failed worker's exit code comes back as is; whenever the
+    workers left the preemption marker, the result is :data:`REQUEUE_EXIT_CODE`.
     """
     clear_marker(output_dir)
     proc = subprocess.Popen(cmd, env=env)

@@ -1,0 +1,38 @@
+"""``python -m automodel._torchrun ARGS``: torchrun as the local launcher runs it.
+
+Two differences from ``python -m torch.distributed.run``:
+
+* SIGUSR1 is ignored in this process (the launcher forwards it to the workers; torchrun's default would
+  kill it and orphan them). The workers inherit the ignore only until the training loop installs its
+  own handlers.
+* When a worker fails, torchrun's 30-line ``ChildFailedError`` report (the workers' own output is
+  already above it) becomes one line, and the exit code is the worker's own (2 for a config error, 75
+  for a preemption stop) instead of always 1.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+
+def main() -> None:
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    sys.argv[0] = "torchrun"
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    try:
+        torchrun()
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # killed by a signal
+        others = sorted(r for r in e.failures if r != rank)
+        also = f" (also failed: rank {', '.join(map(str, others))})" if others else ""
+        print(f"torchrun: worker rank {rank} exited with code {failure.exitcode}{also}; its output is above",
+              file=sys.stderr, flush=True)
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
