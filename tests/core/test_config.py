@@ -105,6 +105,15 @@ def test_mesh_sizes_must_divide_the_world(base, plugins):
     assert "the parallel sizes multiply to 3, which does not divide the 2 processes" in str(problems(raw, plugins))
 
 
+def test_ddp_does_not_combine_with_other_parallelizers(base):
+    pytest.importorskip("automodel_fsdp2", reason="the case is ddp next to the FSDP2 plugin's fsdp2")
+    plugins = load_plugins()
+    raw = {**base, "parallel": [{"name": "ddp", "size": 2}, {"name": "fsdp2"}], "launcher": {"name": "local", "nproc_per_node": 4},
+           "step_scheduler": {"global_batch_size": 8, "local_batch_size": 2}}
+    err = str(problems(raw, plugins))
+    assert "parallel.0: 'ddp' cannot be combined with 'fsdp2'" in err and "fsdp2_replicate" in err
+
+
 def test_target_sections_are_validated_against_the_callable(base, plugins):
     raw = {**base, "optimizer": {"_target_": "automodel.builtin.optim:sgd", "lr": 0.1, "momentom": 0.9}}
     err = str(problems(raw, plugins))

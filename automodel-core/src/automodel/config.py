@@ -409,20 +409,32 @@ def _check_layout(cfg: dict[str, Any], plugins: Plugins, world_size: int | None)
         world_size = getattr(launcher, "world_size", None)
     if world_size and world_size > 1 and not cfg["parallel"]:
         cfg["parallel"] = [{"name": "ddp"}]  # several processes and no choice made: data parallel
-    dims = []
-    for i, item in enumerate(cfg["parallel"]):
-        p = build_component(plugins, "parallelizers", item)
-        dims.append((f"parallel.{i}", p.dim, p.size))
+    names = [item.get("name") for item in cfg["parallel"]]
+    if "ddp" in names and len(names) > 1:
+        others = ", ".join(repr(n or "_target_") for n in names if n != "ddp")
+        problems.append(Problem(
+            f"parallel.{names.index('ddp')}", f"'ddp' cannot be combined with {others}: DistributedDataParallel "
+            "replicates a plain model, the others shard it",
+            "for data parallelism next to tp use {name: fsdp2}; to replicate across groups use {name: fsdp2_replicate}",
+        ))
+        return problems
+    parallelizers = [build_component(plugins, "parallelizers", item) for item in cfg["parallel"]]
+    dims = [(f"parallel.{i}", p.dim, p.size) for i, p in enumerate(parallelizers)]
+    dp_size = None
+    if world_size:
+        try:
+            plan = plan_mesh(dims, world_size)
+            dp_size = plan.dp_size
+            for p in parallelizers:  # a size left open is what the mesh gives it: models are checked with it
+                if p.size is None and p.dim in plan.sizes:
+                    p.size = plan.sizes[p.dim]
+        except MeshError as e:
+            problems.append(Problem(e.key or "parallel", str(e), e.hint))
+    for i, p in enumerate(parallelizers):
         check = getattr(p, "validate_model", None)
         if callable(check):
             for message, hint in check(cfg["model"]) or []:
                 problems.append(Problem(f"parallel.{i}", message, hint))
-    dp_size = None
-    if world_size:
-        try:
-            dp_size = plan_mesh(dims, world_size).dp_size
-        except MeshError as e:
-            problems.append(Problem(e.key or "parallel", str(e), e.hint))
     sched = StepScheduler(**cfg["step_scheduler"])
     for key, message, hint in sched.problems(dp_size):
         problems.append(Problem(f"step_scheduler.{key}", message, hint or None))

@@ -126,6 +126,12 @@ def test_indivisible_heads_is_a_config_error_before_launch(root: Path) -> None:
     proc = run_cli("validate", inline, cwd=root, check=False)
     assert proc.returncode == 2 and "num_key_value_heads (1) divisible by 2" in proc.stdout + proc.stderr
 
+    # size left open: the check uses the size the mesh gives tp (all 2 processes)
+    open_size = make_config(root / "bad", bad, name="open.yaml", parallel=[{"name": "tp"}],
+                            launcher={"name": "local", "nproc_per_node": 2})
+    proc = run_cli("validate", open_size, cwd=root, check=False)
+    assert proc.returncode == 2 and "num_attention_heads (3) divisible by 2" in proc.stdout + proc.stderr
+
 
 def test_unknown_style_is_a_config_error(root: Path, model_dir: Path) -> None:
     cfg = make_config(root / "style", model_dir, **_tp(plan={"lm_head": "colwize"}))
