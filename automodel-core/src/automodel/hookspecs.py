@@ -157,8 +157,9 @@ def register_checkpointers(register: Register) -> None:
     Called as ``factory(ctx, **cfg)``; the object returned has ``save(state, step)``,
     ``load(state) -> step | None`` (restore ``state`` in place from the checkpoint to resume from, or
     return ``None`` to start fresh) and ``export(model, tokenizer, out_dir)`` (write consolidated
-    Hugging Face weights). ``state`` is a dict of stateful objects (``model``, ``optimizer``,
-    ``lr_scheduler``, ``train_state``, ``dataloader``, ...). Every method is called on every rank.
+    Hugging Face weights). ``state`` is a dict of stateful objects: ``model``, ``optimizer``,
+    ``lr_scheduler`` and ``train_state`` (step, epoch and the data position within the epoch, from
+    which the sampler resumes). Every method is called on every rank.
     """
 
 
@@ -202,8 +203,9 @@ def on_train_start(ctx: Context, model: Any) -> None:
 
 @hookspec
 def on_step_end(ctx: Context, step: int, metrics: dict[str, Any]) -> None:
-    """Called after every optimizer step. ``metrics`` holds ``loss`` and ``lr``; on logging steps also
-    ``grad_norm``, ``tokens_per_s`` and the other logged values."""
+    """Called after every optimizer step. ``metrics`` holds ``lr``; on logging steps (every
+    ``step_scheduler.log_every_steps`` and the last) also ``loss``, ``grad_norm``, ``tokens_per_s`` and
+    the other logged values. (Reading the loss every step would synchronize with the device.)"""
 
 
 @hookspec

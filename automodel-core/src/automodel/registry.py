@@ -30,6 +30,7 @@ KINDS: dict[str, tuple[str, str]] = {
 #: First-party components and the package that provides them, for "pip install" hints.
 FIRST_PARTY: dict[tuple[str, str], str] = {
     ("parallelizers", "fsdp2"): "automodel-fsdp2",
+    ("parallelizers", "fsdp2_replicate"): "automodel-fsdp2",
     ("parallelizers", "tp"): "automodel-tp",
     ("model_transforms", "lora"): "automodel-lora",
     ("model_transforms", "fp8"): "automodel-fp8",

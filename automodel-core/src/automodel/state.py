@@ -12,7 +12,8 @@ class StepScheduler:
 
     ``global_batch_size`` sequences make one optimizer step; each rank processes ``local_batch_size`` at
     a time, accumulating gradients over ``global / (local * data_parallel_size)`` micro-batches.
-    Training stops after ``max_steps`` optimizer steps or ``num_epochs`` passes, whichever comes first.
+    Training stops after ``max_steps`` optimizer steps; without ``max_steps``, after ``num_epochs``
+    passes over the data.
     """
 
     global_batch_size: int = 8

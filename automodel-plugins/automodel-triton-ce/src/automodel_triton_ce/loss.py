@@ -50,7 +50,7 @@ class FusedLinearCrossEntropy:
             problems.append(("softcap", f"must be > 0 or null, got {cap}", "Gemma-2 uses 30.0; null disables capping"))
         chunk = args.get("chunk_size")
         if chunk is not None and int(chunk) < 1:
-            problems.append(("chunk_size", f"must be a positive number of tokens or null, got {chunk}", "leave it null to size chunks automatically"))
+            problems.append(("chunk_size", f"must be a positive number of vocabulary entries or null, got {chunk}", "leave it null to size chunks automatically"))
         return problems
 
     def __call__(self, *, labels: Any, num_label_tokens: Any = None, logits: Any = None, hidden_states: Any = None,
