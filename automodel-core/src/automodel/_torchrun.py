@@ -19,11 +19,16 @@ import sys
 def main() -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     sys.argv[0] = "torchrun"
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
     try:
         torchrun()
+    except (KeyboardInterrupt, SignalException) as e:  # Ctrl-C / SIGTERM: torchrun stopped the workers
+        signum = int(getattr(e, "sigval", signal.SIGINT))
+        print(f"torchrun: stopped by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
+        sys.exit(128 + signum)
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # killed by a signal

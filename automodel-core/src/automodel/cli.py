@@ -122,7 +122,8 @@ def validate(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple
     parts = [f"model={cfg['model'].get('name', cfg['model'].get('_target_'))}"]
     parts += [f"parallel={'+'.join(p.get('name', '?') for p in cfg['parallel']) or 'none'}"]
     parts += [f"loss={cfg['loss'].get('name', '_target_')}", f"launcher={cfg['launcher'].get('name', '_target_')}"]
-    click.echo(f"{config_path}: OK ({', '.join(parts)})")
+    # with --print, stdout is the resolved YAML alone (`validate cfg --print > resolved.yaml` reloads)
+    click.echo(f"{config_path}: OK ({', '.join(parts)})", err=print_config)
 
 
 @cli.command()
@@ -221,6 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors print one screen and exit 2 (tracebacks with --debug)."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or bool(os.environ.get("AUTOMODEL_DEBUG"))
+    if "--debug" in args:  # accepted anywhere (`automodel run cfg.yaml --debug`), and by launched workers
+        args = ["--debug", *[a for a in args if a != "--debug"]]
+        os.environ["AUTOMODEL_DEBUG"] = "1"
     try:
         cli.main(args=args, prog_name="automodel", standalone_mode=False)
     except click.exceptions.Exit as e:

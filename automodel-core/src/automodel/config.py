@@ -392,6 +392,9 @@ def resolve(
             problems += check_arguments(spec, value, key)
             cfg[key] = value
 
+    clip = cfg.get("clip_grad_norm")
+    if isinstance(clip, (int, float)) and clip <= 0:
+        problems.append(Problem("clip_grad_norm", f"must be > 0 or null (no clipping), got {clip}", "e.g. 1.0"))
     if not problems:
         problems += _check_layout(cfg, plugins, world_size)
     if problems:

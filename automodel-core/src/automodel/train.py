@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import resource
 import sys
@@ -316,11 +317,12 @@ def train(cfg: dict[str, Any], plugins: Plugins) -> dict[str, Any]:
             loss_sum += loss.detach()
         grad_norm = _clip_grad_norm(params, cfg["clip_grad_norm"])
         optimizer.step()
+        lr = lr_scheduler.get_last_lr()[0]  # the lr this step used
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         train_state.step += 1
         step = train_state.step
-        metrics = {"lr": lr_scheduler.get_last_lr()[0]}
+        metrics = {"lr": lr}
 
         if step % sched.log_every_steps == 0 or step == total_steps:
             elapsed = time.perf_counter() - window_start
@@ -333,6 +335,12 @@ def train(cfg: dict[str, Any], plugins: Plugins) -> dict[str, Any]:
             )
             if peak_flops:
                 metrics["mfu"] = 6 * n_params * tokens_per_s / (peak_flops * world_size)
+            if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):  # same on every rank: all stop
+                raise AutomodelError(
+                    f"training diverged at step {step}: loss {metrics['loss']}, grad norm {metrics['grad_norm']}; "
+                    f"nothing more is saved (checkpoints so far: {getattr(checkpointer, 'dir', 'none')}). "
+                    "Lower optimizer.lr, keep clip_grad_norm on, or use model.dtype bfloat16/float32"
+                )
             train_state.tokens_seen += tokens
             for lg in loggers:
                 lg.log(metrics, step)

@@ -312,6 +312,10 @@ def test_target_module_forms(tmp_path: Path) -> None:
         _apply(model_dir, target_modules=r"layers\.\d+\.attn\.q")
     with pytest.raises(AutomodelError, match="not linear layers"):
         _apply(model_dir, target_modules=["self_attn"])
+    # a trainable copy of one half of tied embeddings would untie them (peft then fails at export)
+    tied_dir = tiny_model(tmp_path / "tied", tie_word_embeddings=True)
+    with pytest.raises(AutomodelError, match="'lm_head' is one half of the model's tied embeddings"):
+        _apply(tied_dir, target_modules=["q_proj"], modules_to_save=["lm_head"])
 
 
 @pytest.mark.parametrize("kwargs", [{"use_dora": True}, {"use_rslora": True, "modules_to_save": ["lm_head"]}])

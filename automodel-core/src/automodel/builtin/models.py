@@ -80,6 +80,9 @@ def hf(
 
 def _hf_validate(args: dict[str, Any]) -> list[tuple[str, str, str]]:
     out = []
+    if args.get("dtype") == "float16":
+        out.append(("dtype", "float16 weights overflow in training without loss scaling, which automodel does not do",
+                    "use bfloat16 (or float32)"))
     pretrained, config = args.get("pretrained"), args.get("config")
     if bool(pretrained) == bool(config):
         out.append(("", "give exactly one of 'pretrained' (path or hub id) or 'config' (a dict with model_type)", "e.g. pretrained: ./my-model"))

@@ -284,9 +284,18 @@ def check_targets(model: Any, config: Any) -> list[str]:
         for t in sorted(config.exclude_modules):
             if not any(n == t or n.endswith("." + t) for n in names):
                 problems.append(f"exclude_modules entry {t!r} matches no module")
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    tied = head is not None and embed is not None and getattr(head, "weight", None) is getattr(embed, "weight", None)
     for t in config.modules_to_save or []:
-        if not any(n == t or n.endswith("." + t) for n in names):
+        hits = [n for n in names if n == t or n.endswith("." + t)]
+        if not hits:
             problems.append(f"modules_to_save entry {t!r} matches no module")
+        elif tied and any(modules[n] is head or modules[n] is embed for n in hits):
+            problems.append(
+                f"modules_to_save entry {t!r} is one half of the model's tied embeddings (lm_head and the input "
+                "embedding share one weight), which a separate trainable copy would untie; train it through "
+                "target_modules, or use a model with tie_word_embeddings: false"
+            )
     if not matched and not problems:
         problems.append("target_modules (after exclude_modules) leaves no layer to adapt")
     if problems:
