@@ -66,8 +66,11 @@ def test_debug_shows_the_traceback(tmp_path, tiny_model_dir):
 
 def test_validate_accepts_a_good_config_and_overrides(tmp_path, tiny_model_dir):
     path = make_config(tmp_path, tiny_model_dir)
-    out = run_cli("validate", path, "optimizer.lr=3e-4", "--print").stdout
-    assert "OK (model=hf" in out and "lr: 0.0003" in out
+    proc = run_cli("validate", path, "optimizer.lr=3e-4", "--print")
+    assert "OK (model=hf" in proc.stderr and "lr: 0.0003" in proc.stdout
+    resolved = tmp_path / "resolved.yaml"  # stdout is the resolved config alone: it validates again
+    resolved.write_text(proc.stdout)
+    assert "OK (model=hf" in run_cli("validate", resolved).stdout
 
 
 def test_plugin_that_fails_to_import_is_reported(tmp_path, tiny_model_dir):
