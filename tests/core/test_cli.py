@@ -44,8 +44,12 @@ def test_version():
         (lambda c: c["dataset"].update(path="missing.jsonl"), ["dataset.path: data file not found: missing.jsonl"]),
         (lambda c: c["dataset"].pop("path"), ["dataset.path: missing required argument"]),
         (lambda c: c["optimizer"].update(betas2=0.9), ["optimizer.betas2: unknown key", "did you mean 'betas'?"]),
+        (lambda c: c.update(clip_grad_norm=-1.0), ["clip_grad_norm: must be > 0 or null"]),
+        (lambda c: c["optimizer"].update(lr=-1e-3), ["optimizer.lr: must be > 0"]),
+        (lambda c: c["model"].update(dtype="float16"), ["model.dtype: float16 weights overflow", "use bfloat16"]),
     ],
-    ids=["section-typo", "unknown-component", "wrong-type", "missing-file", "missing-arg", "key-typo"],
+    ids=["section-typo", "unknown-component", "wrong-type", "missing-file", "missing-arg", "key-typo", "negative-clip",
+         "negative-lr", "float16"],
 )
 def test_bad_configs_fail_cleanly_before_training(tmp_path, tiny_model_dir, edit, needles):
     path = make_config(tmp_path, tiny_model_dir, loss={"name": "masked_ce"})
@@ -107,3 +111,18 @@ def test_a_failing_worker_under_torchrun_gives_its_exit_code_and_one_line(tmp_pa
     assert out.returncode == 3, out.stdout + out.stderr
     assert "torchrun: worker rank 1 exited with code 3" in out.stderr, out.stderr
     assert "ChildFailedError" not in out.stderr  # torchrun's 30-line report is replaced by that line
+
+
+def test_truncation_that_leaves_no_labels_stops_before_training(tmp_path, tiny_model_dir):
+    path = make_config(tmp_path, tiny_model_dir)
+    proc = run_cli("run", path, "dataset.max_length=3", cwd=tmp_path, check=False)
+    assert_clean_error(proc, "keep no response token after truncation to max_length=3", "raise dataset.max_length")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_divergence_stops_the_run_with_a_clear_error(tmp_path, tiny_model_dir):
+    path = make_config(tmp_path, tiny_model_dir, step_scheduler={"global_batch_size": 8, "local_batch_size": 8, "max_steps": 20,
+                                                                 "log_every_steps": 1})
+    proc = run_cli("run", path, "optimizer.lr=1e30", "clip_grad_norm=null", cwd=tmp_path, check=False)
+    assert_clean_error(proc, "training diverged at step", "Lower optimizer.lr")
+    assert not (tmp_path / "run" / "hf").exists()  # no export of broken weights

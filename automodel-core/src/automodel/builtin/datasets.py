@@ -60,9 +60,19 @@ def instruction(
         r = tokenizer.encode(str(row[response]), add_special_tokens=False) + eos
         ids = (p + r)[:max_length]
         labels = ([-100] * len(p) + r)[:max_length]
-        return {"input_ids": ids, "labels": labels}
+        return {"input_ids": ids, "labels": labels, "prompt_tokens": len(p), "response_tokens": max(0, len(ids) - len(p))}
 
-    return data.map(encode, remove_columns=data.column_names, desc="tokenizing", keep_in_memory=True)
+    data = data.map(encode, remove_columns=data.column_names, desc="tokenizing", keep_in_memory=True)
+    empty = sum(1 for n in data["response_tokens"] if n == 0)
+    if empty:
+        longest = max(data["prompt_tokens"])
+        what = f"{empty} of the {len(data)} examples of {path} keep no response token after truncation to max_length={max_length}"
+        hint = f"the longest prompt is {longest} tokens; raise dataset.max_length or shorten the prompts"
+        if empty == len(data):
+            raise AutomodelError(f"dataset: {what}: there is nothing to learn from; {hint}")
+        if empty > 0.01 * len(data):
+            ctx.print(f"warning: dataset: {what} (they add no loss); {hint}")
+    return data.remove_columns(["prompt_tokens", "response_tokens"])
 
 
 def _peek_columns(path: Path) -> list[str] | None:
@@ -83,6 +93,10 @@ def _instruction_validate(args: dict[str, Any]) -> list[tuple[str, str, str]]:
     path = args.get("path")
     if not isinstance(path, str) or not _local(path):
         return []
+    for key in ("max_length", "limit"):
+        value = args.get(key)
+        if isinstance(value, int) and value < (2 if key == "max_length" else 1):
+            return [(key, f"must be at least {2 if key == 'max_length' else 1}, got {value}", "")]
     p = Path(path).expanduser()
     if not p.exists():
         return [("path", f"data file not found: {path} (resolved: {p.resolve()})",
