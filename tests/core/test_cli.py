@@ -126,3 +126,17 @@ def test_divergence_stops_the_run_with_a_clear_error(tmp_path, tiny_model_dir):
     proc = run_cli("run", path, "optimizer.lr=1e30", "clip_grad_norm=null", cwd=tmp_path, check=False)
     assert_clean_error(proc, "training diverged at step", "Lower optimizer.lr")
     assert not (tmp_path / "run" / "hf").exists()  # no export of broken weights
+
+
+def test_misspelled_model_config_key_is_an_error_not_a_default(tmp_path):
+    from automodel.testing import char_tokenizer
+
+    char_tokenizer().save_pretrained(tmp_path / "tok")
+    model = {"name": "hf", "tokenizer": str(tmp_path / "tok"),
+             "config": {"model_type": "llama", "vocab_size": 48, "hidden_size": 32, "num_hidden_layerz": 1}}
+    path = make_config(tmp_path, None, model=model)
+    proc = run_cli("run", path, cwd=tmp_path, check=False)
+    assert_clean_error(proc, "LlamaConfig has no num_hidden_layerz (did you mean 'num_hidden_layers'?)")
+    model["config"]["model_type"] = "lama"
+    proc = run_cli("run", make_config(tmp_path, None, model=model), cwd=tmp_path, check=False)
+    assert_clean_error(proc, "unknown model type 'lama'; did you mean 'llama'?")

@@ -194,6 +194,7 @@ def main() -> None:
             CHECKS[name](Path(model_dir), Path(tied_dir))
             if dist.get_rank() == 0:
                 print(f"ok {name}", flush=True)
+        dist.barrier()  # nobody tears gloo down while a peer is still on its last collective
     finally:
         dist.destroy_process_group()
 

@@ -71,5 +71,6 @@ if __name__ == "__main__":
     dist.init_process_group("gloo")
     try:
         main(Path(sys.argv[1]))
+        dist.barrier()  # nobody tears gloo down while a peer is still on its last collective
     finally:
         dist.destroy_process_group()

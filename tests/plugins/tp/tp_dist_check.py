@@ -74,6 +74,7 @@ def main() -> None:
     if dist.get_rank() == 0:
         with open(sys.argv[1], "w") as f:
             json.dump(results, f)
+    dist.barrier()  # nobody tears gloo down while a peer is still on its last collective
     dist.destroy_process_group()
 
 

@@ -78,6 +78,7 @@ def main() -> None:
     dist.barrier()
     if rank == 0:
         print("DIST OK", flush=True)
+    dist.barrier()  # nobody tears gloo down while a peer is still on its last collective
     dist.destroy_process_group()
 
 

@@ -44,6 +44,7 @@ def hf(
     else:
         spec = dict(config or {})
         model_type = spec.pop("model_type")
+        _check_model_config(model_type, spec)
         model_config = AutoConfig.for_model(model_type, **spec)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if attn_implementation:
@@ -76,6 +77,28 @@ def hf(
     if not ctx.meta_init:
         model.to(ctx.device)
     return model, tok
+
+
+def _check_model_config(model_type: str, spec: dict[str, Any]) -> None:
+    """``model.config``: a known ``model_type`` and only keys its config class has (transformers would
+    keep a misspelled key as an unused attribute and build the model with the default instead)."""
+    import inspect
+
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from automodel.errors import did_you_mean
+
+    if model_type not in CONFIG_MAPPING:
+        close = did_you_mean(model_type, CONFIG_MAPPING.keys())
+        raise AutomodelError(f"model.config.model_type: unknown model type {model_type!r}"
+                             + (f"; did you mean {close!r}?" if close else " (see transformers' CONFIG_MAPPING)"))
+    cls = CONFIG_MAPPING[model_type]
+    known = set(cls().to_dict()) | set(getattr(cls, "attribute_map", {})) | set(inspect.signature(cls.__init__).parameters)
+    unknown = [k for k in spec if k not in known]
+    if unknown:
+        hints = [f"{k} (did you mean {c!r}?)" if (c := did_you_mean(k, known)) else k for k in unknown]
+        raise AutomodelError(f"model.config: {cls.__name__} has no {', '.join(hints)}; "
+                             "misspelled keys would be ignored and the default used")
 
 
 def _hf_validate(args: dict[str, Any]) -> list[tuple[str, str, str]]:
