@@ -280,9 +280,12 @@ def train(cfg: dict[str, Any], plugins: Plugins) -> dict[str, Any]:
     resumed = checkpointer.load(state)
     if resumed is not None:
         ctx.print(f"resumed from step {resumed}")
+        if resumed >= total_steps:
+            ctx.print(f"warning: the checkpoint is at step {resumed} and the run ends at step {total_steps}: nothing "
+                      "to train; raise step_scheduler.max_steps to continue, or use checkpoint.resume=never")
     loggers = [build(plugins, "loggers", spec, ctx) for spec in cfg["loggers"]] if ctx.is_main else []
     ctx.print(
-        f"training {total_steps} steps: {sched.global_batch_size} sequences/step = {sched.local_batch_size} x "
+        f"training {total_steps} step{'s' if total_steps != 1 else ''}: {sched.global_batch_size} sequences/step = {sched.local_batch_size} x "
         f"{accum} accumulation x {dp_size} data-parallel; {len(train_data)} examples, {steps_per_epoch} steps/epoch"
     )
     plugins.hook.on_train_start(ctx=ctx, model=model)

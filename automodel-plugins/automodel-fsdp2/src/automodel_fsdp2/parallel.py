@@ -103,9 +103,13 @@ class FSDP2:
         # starts there, and a fused loss reads the lm_head weight after the forward has returned.
         fully_shard(model, mesh=dp_mesh, reshard_after_forward=False, mp_policy=mp, offload_policy=offload)
         ctx.extras["fsdp2_blocks"] = len(blocks)
+        precision = ""
+        if self.param_dtype or self.reduce_dtype:
+            precision = (f", mixed precision: compute in {self.param_dtype or 'the loaded dtype'}, "
+                         f"reduce gradients in {self.reduce_dtype or self.param_dtype}")
         ctx.print(
             f"fsdp2: {len(blocks)} blocks + root sharded over {dict(zip(dp_mesh.mesh_dim_names, dp_mesh.shape))}"
-            f"{', mixed precision ' + str(self.param_dtype) + '/' + str(self.reduce_dtype) if self.param_dtype or self.reduce_dtype else ''}"
+            f"{precision}"
             f"{', cpu offload' if self.cpu_offload else ''}{', activation checkpointing' if self.activation_checkpointing else ''}"
         )
         return model
