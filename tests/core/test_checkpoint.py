@@ -162,14 +162,17 @@ def test_half_written_and_corrupted_checkpoints_are_never_picked(tmp_path: Path,
     # a truncated data file
     data = next((ckpts / "step_6").glob("*.distcp"))
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
-    # same size, garbage content: only the load itself can notice
-    md = ckpts / "step_4" / ".metadata"
-    md.write_bytes(b"\0" * md.stat().st_size)
+    # same size, two bytes flipped in the middle of a tensor file: only the checksum can notice
+    data4 = next((ckpts / "step_4").glob("*.distcp"))
+    raw = bytearray(data4.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    raw[len(raw) // 2 + 1] ^= 0xFF
+    data4.write_bytes(bytes(raw))
 
     proc = run_cli("run", cfg, cwd=tmp_path)
     assert "skipping" in proc.stdout and "step_10: no meta.json" in proc.stdout
     assert "step_6: file" in proc.stdout and "truncated" in proc.stdout
-    assert "cannot load" in proc.stdout and "loaded step 2" in proc.stdout
+    assert f"step_4: file {data4.name} is damaged" in proc.stdout and "loaded step 2" in proc.stdout
     ref, got = losses(reference), losses(tmp_path / "run")
     assert sorted(got) == list(range(3, STEPS + 1))
     assert [got[s] for s in got] == [ref[s] for s in got]

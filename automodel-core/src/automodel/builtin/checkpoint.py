@@ -27,6 +27,7 @@ import re
 import shutil
 import time
 import warnings
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,18 @@ def step_of(path: str | os.PathLike[str]) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def verify(path: str | os.PathLike[str]) -> str | None:
-    """Why the checkpoint at ``path`` is not complete, or None when it is."""
+def crc32(path: Path) -> int:
+    """CRC-32 of a file's bytes, read in 16 MiB blocks."""
+    value = 0
+    with path.open("rb") as f:
+        while block := f.read(16 << 20):
+            value = zlib.crc32(block, value)
+    return value
+
+
+def verify(path: str | os.PathLike[str], checksums: bool = False) -> str | None:
+    """Why the checkpoint at ``path`` is not complete, or None when it is. Sizes are always checked;
+    with ``checksums`` every file's CRC-32 too (reads the whole checkpoint: done for the one resumed)."""
     path = Path(path)
     meta_path = path / META
     if not path.is_dir():
@@ -78,6 +89,10 @@ def verify(path: str | os.PathLike[str]) -> str | None:
             return f"file {name} has {f.stat().st_size} bytes, expected {size} (truncated or corrupted)"
     if ".metadata" not in files:
         return "no DCP .metadata"
+    if checksums:
+        for name, expected in (meta.get("crc32") or {}).items():
+            if crc32(path / name) != expected:
+                return f"file {name} is damaged (its CRC-32 differs from the one recorded at save)"
     return None
 
 
@@ -95,7 +110,7 @@ def candidates(directory: str | os.PathLike[str]) -> list[Path]:
 def newest_complete(directory: str | os.PathLike[str], report: Any = None) -> Path | None:
     """The newest complete checkpoint under ``directory``; incomplete ones are reported and skipped."""
     for path in candidates(directory):
-        reason = verify(path)
+        reason = verify(path, checksums=True)
         if reason is None:
             return path
         if report:
@@ -109,7 +124,7 @@ def resolve(path: str | os.PathLike[str], report: Any = None) -> Path:
     if not path.exists():
         raise CheckpointError(f"checkpoint: {path} does not exist")
     if (path / META).exists() or step_of(path) is not None:
-        reason = verify(path)
+        reason = verify(path, checksums=True)
         if reason:
             raise CheckpointError(f"checkpoint: {path} is not usable: {reason}; pick another step_<N> directory")
         return path
@@ -233,6 +248,16 @@ class Checkpointer:
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
 
+    def _gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, on every rank (a list in rank order)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            out: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(out, value)
+            return out
+        return [value]
+
     def _broadcast(self, value: Any) -> Any:
         import torch.distributed as dist
 
@@ -279,16 +304,21 @@ class Checkpointer:
             torch.save({"rank": ctx.rank, "world_size": ctx.world_size, "rng": rng_state()}, f)
             f.flush()
             os.fsync(f.fileno())
-        self._barrier()
+        # each rank checksums the files it wrote (DCP names them __<rank>_<i>.distcp), in parallel
+        mine = {p.name: crc32(p) for p in tmp.iterdir() if p.name.startswith(f"__{ctx.rank}_") or p == rank_file}
+        crcs = self._gather(mine)
 
         if ctx.is_main:
             (tmp / "config.yaml").write_text(config_mod.dump(ctx.config))
             _fsync(tmp / "config.yaml")
             identity = model_identity(state, ctx.config, sd["model"])
             files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+            checksums = {name: crc for part in crcs for name, crc in part.items()}
+            checksums.update({name: crc32(tmp / name) for name in files if name not in checksums})
             meta = {
                 "format": FORMAT, "step": step, "world_size": ctx.world_size, "dp_size": ctx.dp_size,
                 "time": time.time(), "fingerprint": fingerprint(identity), "identity": identity, "files": files,
+                "crc32": checksums,
             }
             _write_atomic(tmp / META, json.dumps(meta, indent=1))
             _fsync(tmp)
@@ -345,7 +375,7 @@ class Checkpointer:
                     chosen = []
                     found = candidates(self.dir)
                     for path in found:
-                        reason = verify(path)
+                        reason = verify(path, checksums=not chosen)  # full check for the one resumed
                         if reason is None:
                             chosen.append(str(path))
                         else:
