@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import yaml
 from automodel import config
@@ -161,3 +164,15 @@ def test_yaml_errors_and_missing_file(tmp_path):
 )
 def test_type_checks(value, annotation, ok):
     assert config.type_ok(value, annotation) is ok
+
+
+def test_local_paths_are_saved_absolute_hub_ids_are_not(base, plugins, tmp_path, monkeypatch, tiny_model_dir):
+    monkeypatch.chdir(tiny_model_dir.parent)
+    data = base["dataset"]["path"]
+    raw = {**base, "model": {"name": "hf", "pretrained": tiny_model_dir.name},
+           "dataset": {**base["dataset"], "path": os.path.relpath(data)}}
+    cfg = config.resolve(raw, plugins)
+    assert cfg["model"]["pretrained"] == str(tiny_model_dir) and cfg["dataset"]["path"] == str(Path(data).resolve())
+    hub = {**base, "model": {"name": "hf", "pretrained": "meta-llama/Llama-3.2-1B", "tokenizer": tiny_model_dir.name}}
+    cfg = config.resolve(hub, plugins)
+    assert cfg["model"]["pretrained"] == "meta-llama/Llama-3.2-1B" and cfg["model"]["tokenizer"] == str(tiny_model_dir)

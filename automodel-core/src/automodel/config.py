@@ -347,6 +347,7 @@ def resolve(
     """
     problems: list[Problem] = []
     cfg: dict[str, Any] = {}
+    built: list[tuple[dict[str, Any], Callable[..., Any]]] = []  # component sections and their factories
     for key in raw:
         if key not in SECTIONS:
             close = did_you_mean(str(key), SECTIONS)
@@ -373,6 +374,7 @@ def resolve(
                 factory, args = _component_factory(plugins, spec.kind, value, key, problems)
                 if factory is not None:
                     problems += check_arguments(factory, args, key, SUPPLIED.get(spec.kind, ()))
+                    built.append((value, factory))
         elif isinstance(spec, ComponentList):
             if value is None:
                 value = [copy.deepcopy(v) for v in spec.default]
@@ -384,6 +386,7 @@ def resolve(
                 factory, args = _component_factory(plugins, spec.kind, item, f"{key}.{i}", problems)
                 if factory is not None:
                     problems += check_arguments(factory, args, f"{key}.{i}", SUPPLIED.get(spec.kind, ()))
+                    built.append((item, factory))
         else:  # a dataclass section
             value = {} if value is None else value
             if not isinstance(value, dict):
@@ -399,7 +402,18 @@ def resolve(
         problems += _check_layout(cfg, plugins, world_size)
     if problems:
         raise ConfigError(problems, source)
+    for section, factory in built:
+        _absolute_paths(section, factory)
     return cfg
+
+
+def _absolute_paths(section: dict[str, Any], factory: Callable[..., Any]) -> None:
+    """Arguments a factory lists in ``path_args`` that name an existing local path become absolute, so
+    the saved config means the same from any directory (``automodel export`` elsewhere, a Slurm job)."""
+    for name in getattr(factory, "path_args", ()):
+        value = section.get(name)
+        if isinstance(value, str) and value and not os.path.isabs(value) and os.path.exists(os.path.expanduser(value)):
+            section[name] = str(Path(value).expanduser().resolve())
 
 
 def _check_layout(cfg: dict[str, Any], plugins: Plugins, world_size: int | None) -> list[Problem]:

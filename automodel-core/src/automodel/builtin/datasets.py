@@ -113,6 +113,7 @@ def _instruction_validate(args: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 instruction.validate_args = _instruction_validate  # type: ignore[attr-defined]
+instruction.path_args = ("path",)  # type: ignore[attr-defined]
 
 
 class MockDataset:

@@ -122,6 +122,7 @@ def _hf_validate(args: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 hf.validate_args = _hf_validate  # type: ignore[attr-defined]
+hf.path_args = ("pretrained", "tokenizer")  # type: ignore[attr-defined]
 
 
 def materialize(model: Any, ctx: Any, transforms: Sequence[Any] = ()) -> None:
