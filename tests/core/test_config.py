@@ -176,3 +176,9 @@ def test_local_paths_are_saved_absolute_hub_ids_are_not(base, plugins, tmp_path,
     hub = {**base, "model": {"name": "hf", "pretrained": "meta-llama/Llama-3.2-1B", "tokenizer": tiny_model_dir.name}}
     cfg = config.resolve(hub, plugins)
     assert cfg["model"]["pretrained"] == "meta-llama/Llama-3.2-1B" and cfg["model"]["tokenizer"] == str(tiny_model_dir)
+
+
+def test_output_and_checkpoint_dirs_must_not_be_files(base, plugins, tmp_path):
+    (tmp_path / "afile").write_text("")
+    err = str(problems({**base, "output_dir": str(tmp_path / "afile"), "checkpoint": {"dir": str(tmp_path / "afile")}}, plugins))
+    assert "output_dir: " in err and "checkpoint.dir: " in err and "exists and is not a directory" in err

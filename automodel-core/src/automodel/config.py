@@ -395,6 +395,9 @@ def resolve(
             problems += check_arguments(spec, value, key)
             cfg[key] = value
 
+    out_dir = cfg.get("output_dir")
+    if isinstance(out_dir, str) and Path(out_dir).expanduser().exists() and not Path(out_dir).expanduser().is_dir():
+        problems.append(Problem("output_dir", f"{out_dir} exists and is not a directory", "choose another output_dir"))
     clip = cfg.get("clip_grad_norm")
     if isinstance(clip, (int, float)) and clip <= 0:
         problems.append(Problem("clip_grad_norm", f"must be > 0 or null (no clipping), got {clip}", "e.g. 1.0"))

@@ -234,6 +234,9 @@ class Checkpointer:
         if isinstance(resume, str) and resume not in ("auto", "never") and not Path(resume).expanduser().exists():
             out.append(("resume", f"'{resume}' is neither auto, never, nor an existing path",
                         "use resume: auto (newest checkpoint in checkpoint.dir), never, or a step_<N> directory"))
+        directory = args.get("dir")
+        if isinstance(directory, str) and Path(directory).expanduser().exists() and not Path(directory).expanduser().is_dir():
+            out.append(("dir", f"{directory} exists and is not a directory", "point checkpoint.dir at a directory"))
         return out
 
     # -- helpers ----------------------------------------------------------------------------------
