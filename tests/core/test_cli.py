@@ -140,3 +140,11 @@ def test_misspelled_model_config_key_is_an_error_not_a_default(tmp_path):
     model["config"]["model_type"] = "lama"
     proc = run_cli("run", make_config(tmp_path, None, model=model), cwd=tmp_path, check=False)
     assert_clean_error(proc, "unknown model type 'lama'; did you mean 'llama'?")
+
+
+def test_malformed_data_file_is_a_clean_error(tmp_path, tiny_model_dir):
+    path = make_config(tmp_path, tiny_model_dir)
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"question": "reverse ab", "answer": "ba"}\n{"question": oops\n')
+    proc = run_cli("run", path, f"dataset.path={data}", cwd=tmp_path, check=False)
+    assert_clean_error(proc, f"dataset: cannot read {data}", "JSON")

@@ -182,3 +182,18 @@ def test_output_and_checkpoint_dirs_must_not_be_files(base, plugins, tmp_path):
     (tmp_path / "afile").write_text("")
     err = str(problems({**base, "output_dir": str(tmp_path / "afile"), "checkpoint": {"dir": str(tmp_path / "afile")}}, plugins))
     assert "output_dir: " in err and "checkpoint.dir: " in err and "exists and is not a directory" in err
+
+
+def test_validation_period_without_validation_data_and_empty_files(base, plugins, tmp_path):
+    err = str(problems({**base, "step_scheduler": {"val_every_steps": 5}}, plugins))
+    assert "step_scheduler.val_every_steps: is set but there is no validation_dataset" in err
+    (tmp_path / "empty.jsonl").write_text("")
+    err = str(problems({**base, "dataset": {**base["dataset"], "path": str(tmp_path / "empty.jsonl")}}, plugins))
+    assert "empty.jsonl is empty" in err
+
+
+def test_override_that_is_broken_yaml_says_so():
+    with pytest.raises(ConfigError, match=r"parallel: the value '\[\{name: fsdp2' is not valid YAML"):
+        config.apply_overrides({}, ["parallel=[{name: fsdp2"])
+    with pytest.raises(ConfigError, match="needs a key before"):
+        config.apply_overrides({}, ["=3"])

@@ -156,9 +156,15 @@ def apply_overrides(cfg: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         if "=" not in item:
             raise ConfigError([Problem(item, "overrides look like key.path=value or ~key.path", f"did you mean {item}=...?")])
         path, _, raw = item.partition("=")
+        if not path.strip():
+            raise ConfigError([Problem(item, "an override needs a key before '='", "e.g. optimizer.lr=3e-4")])
         try:
             value = parse_yaml(raw) if raw else ""
-        except yaml.YAMLError:
+        except yaml.YAMLError as e:
+            if raw.lstrip().startswith(("[", "{")):  # meant as a YAML list or mapping: say why it is not one
+                reason = str(getattr(e, "problem", None) or e).strip()
+                raise ConfigError([Problem(path, f"the value {raw!r} is not valid YAML ({reason})",
+                                           "quote the whole override for the shell, e.g. 'parallel=[{name: fsdp2}]'")]) from None
             value = raw
         node, key = _walk_to(cfg, path.strip().split("."), create=True, full=path)
         node[key] = value
@@ -395,6 +401,10 @@ def resolve(
             problems += check_arguments(spec, value, key)
             cfg[key] = value
 
+    sched_cfg = cfg.get("step_scheduler") or {}
+    if sched_cfg.get("val_every_steps") and cfg.get("validation_dataset") is None:
+        problems.append(Problem("step_scheduler.val_every_steps", "is set but there is no validation_dataset to evaluate",
+                                "add a validation_dataset: section, or remove val_every_steps"))
     out_dir = cfg.get("output_dir")
     if isinstance(out_dir, str) and Path(out_dir).expanduser().exists() and not Path(out_dir).expanduser().is_dir():
         problems.append(Problem("output_dir", f"{out_dir} exists and is not a directory", "choose another output_dir"))

@@ -20,9 +20,18 @@ def _load(path: str, split: str) -> Any:
     import datasets
 
     p = Path(path).expanduser()
-    if p.is_file():
-        return datasets.load_dataset(FORMATS[p.suffix], data_files=str(p), split="train")
-    return datasets.load_dataset(str(p) if p.exists() else path, split=split)
+    try:
+        if p.is_file():
+            data = datasets.load_dataset(FORMATS[p.suffix], data_files=str(p), split="train")
+        else:
+            data = datasets.load_dataset(str(p) if p.exists() else path, split=split)
+    except (datasets.exceptions.DatasetGenerationError, ValueError, StopIteration) as e:
+        cause = e.__cause__ or e.__context__ or e
+        raise AutomodelError(f"dataset: cannot read {path}: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}; "
+                             "check the file (one JSON object per line for .jsonl)") from e
+    if len(data) == 0:
+        raise AutomodelError(f"dataset: {path} has no examples")
+    return data
 
 
 def instruction(
@@ -101,6 +110,8 @@ def _instruction_validate(args: dict[str, Any]) -> list[tuple[str, str, str]]:
     if not p.exists():
         return [("path", f"data file not found: {path} (resolved: {p.resolve()})",
                  "relative paths are relative to the current directory; write ${cfg_dir}/... for files next to the config")]
+    if p.is_file() and p.stat().st_size == 0:
+        return [("path", f"{path} is empty", "")]
     if p.is_file() and p.suffix not in FORMATS:
         return [("path", f"unsupported file type '{p.suffix}'", f"use one of {', '.join(FORMATS)}")]
     columns = _peek_columns(p) if p.is_file() else None
