@@ -161,7 +161,9 @@ def apply_overrides(cfg: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         try:
             value = parse_yaml(raw) if raw else ""
         except yaml.YAMLError as e:
-            if raw.lstrip().startswith(("[", "{")):  # meant as a YAML list or mapping: say why it is not one
+            # a mapping (or a list of them) that does not parse: say why. Other strings stay strings
+            # (a regular expression such as [qv]_proj is not YAML either).
+            if raw.lstrip().startswith(("[", "{")) and ": " in raw:
                 reason = str(getattr(e, "problem", None) or e).strip()
                 raise ConfigError([Problem(path, f"the value {raw!r} is not valid YAML ({reason})",
                                            "quote the whole override for the shell, e.g. 'parallel=[{name: fsdp2}]'")]) from None
