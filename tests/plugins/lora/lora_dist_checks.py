@@ -10,6 +10,7 @@ no rank may have held the whole base model. Prints ``ok <case>`` on rank 0; a mi
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -74,3 +75,9 @@ if __name__ == "__main__":
         dist.barrier()  # nobody tears gloo down while a peer is still on its last collective
     finally:
         dist.destroy_process_group()
+    # Everything is written and the process group is gone. Leave without running C++ static destructors:
+    # under load one of them sometimes aborts ("terminate called without an active exception") after
+    # all checks passed, which torchrun reports as a failure.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

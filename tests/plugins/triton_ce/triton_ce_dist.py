@@ -84,3 +84,9 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # Everything is written and the process group is gone. Leave without running C++ static destructors:
+    # under load one of them sometimes aborts ("terminate called without an active exception") after
+    # all checks passed, which torchrun reports as a failure.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
