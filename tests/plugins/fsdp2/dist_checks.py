@@ -7,7 +7,6 @@ Each check prints ``ok <name>`` on rank 0; any mismatch raises (non-zero exit).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import torch
 import torch.distributed as dist
 from automodel.builtin.models import hf, init_weights, materialize
 from automodel.context import Context
-from automodel.testing import TINY_LLAMA
+from automodel.testing import TINY_LLAMA, exit_without_teardown
 from automodel_fsdp2.parallel import FSDP2, FSDP2Replicate
 from safetensors.torch import load_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -202,9 +201,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    # Everything is written and the process group is gone. Leave without running C++ static destructors:
-    # under load one of them sometimes aborts ("terminate called without an active exception") after
-    # all checks passed, which torchrun reports as a failure.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_without_teardown()

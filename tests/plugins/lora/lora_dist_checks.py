@@ -10,7 +10,6 @@ no rank may have held the whole base model. Prints ``ok <case>`` on rank 0; a mi
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 import torch.distributed as dist
 from automodel.builtin.models import hf, init_weights, materialize
 from automodel.context import Context
-from automodel.testing import TINY_LLAMA
+from automodel.testing import TINY_LLAMA, exit_without_teardown
 from automodel_fsdp2.parallel import FSDP2
 from automodel_lora.transform import LoRA
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -75,9 +74,4 @@ if __name__ == "__main__":
         dist.barrier()  # nobody tears gloo down while a peer is still on its last collective
     finally:
         dist.destroy_process_group()
-    # Everything is written and the process group is gone. Leave without running C++ static destructors:
-    # under load one of them sometimes aborts ("terminate called without an active exception") after
-    # all checks passed, which torchrun reports as a failure.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_without_teardown()

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
 import types
 
 import torch
 import torch.distributed as dist
 from automodel.builtin.losses import MaskedCrossEntropy
+from automodel.testing import exit_without_teardown
 from automodel_tp.parallel import TensorParallel
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
@@ -81,9 +81,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    # Everything is written and the process group is gone. Leave without running C++ static destructors:
-    # under load one of them sometimes aborts ("terminate called without an active exception") after
-    # all checks passed, which torchrun reports as a failure.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_without_teardown()

@@ -102,10 +102,10 @@ def _instruction_validate(args: dict[str, Any]) -> list[tuple[str, str, str]]:
     path = args.get("path")
     if not isinstance(path, str) or not _local(path):
         return []
-    for key in ("max_length", "limit"):
+    for key, least in (("max_length", 2), ("limit", 1)):
         value = args.get(key)
-        if isinstance(value, int) and value < (2 if key == "max_length" else 1):
-            return [(key, f"must be at least {2 if key == 'max_length' else 1}, got {value}", "")]
+        if isinstance(value, int) and value < least:
+            return [(key, f"must be at least {least}, got {value}", "")]
     p = Path(path).expanduser()
     if not p.exists():
         return [("path", f"data file not found: {path} (resolved: {p.resolve()})",

@@ -15,11 +15,11 @@ class LocalLauncher:
         self.dry_run = False  # `automodel run --dry-run`: say what would start, start nothing
 
     def launch(self, job: Any) -> int:
+        args = ["--standalone", f"--nproc_per_node={self.nproc_per_node}", *job.worker_command()]
         if self.dry_run:
             if self.nproc_per_node == 1:
                 print(f"dry run: would train in this process on {job.config_path}", flush=True)
             else:
-                args = ["--standalone", f"--nproc_per_node={self.nproc_per_node}", *job.worker_command()]
                 print(f"dry run: would start {self.nproc_per_node} processes: torchrun {' '.join(args)}", flush=True)
             return 0
         if self.nproc_per_node == 1:
@@ -29,7 +29,6 @@ class LocalLauncher:
             return 0
         from automodel.signals import run_torchrun, torchrun_command
 
-        args = ["--standalone", f"--nproc_per_node={self.nproc_per_node}", *job.worker_command()]
         print(f"launching {self.nproc_per_node} processes: torch.distributed.run {' '.join(args)}", flush=True)
         # forwards SIGTERM/SIGUSR1 to the workers; exit code 75 when they stopped for preemption
         return run_torchrun(torchrun_command(args), job.worker_env(), job.config["output_dir"])

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from automodel.errors import AutomodelError
+from automodel.errors import AutomodelError, did_you_mean
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -85,8 +85,6 @@ def _check_model_config(model_type: str, spec: dict[str, Any]) -> None:
     import inspect
 
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    from automodel.errors import did_you_mean
 
     if model_type not in CONFIG_MAPPING:
         close = did_you_mean(model_type, CONFIG_MAPPING.keys())
