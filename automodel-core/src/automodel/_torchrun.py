@@ -6,8 +6,8 @@ Two differences from ``python -m torch.distributed.run``:
   kill it and orphan them). The workers inherit the ignore only until the training loop installs its
   own handlers.
 * When a worker fails, torchrun's 30-line ``ChildFailedError`` report (the workers' own output is
-  already above it) becomes one line, and the exit code is the worker's own (2 for a config error, 75
-  for a preemption stop) instead of always 1.
+  already above it) becomes one line, and the exit code is the failed worker's own (2 for a config
+  error, 75 for a preemption stop) instead of always 1.
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ def main() -> None:
         sys.exit(128 + signum)
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
+        # Exit code 1 is what a rank gets when a peer leaves in the middle of a collective; a rank that
+        # chose its code (2 config error, 75 preemption) or was killed by a signal is the cause.
+        chosen = [(r, f) for r, f in sorted(e.failures.items()) if f.exitcode != 1]
+        if chosen:
+            rank, failure = chosen[0]
         code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # killed by a signal
         others = sorted(r for r in e.failures if r != rank)
         also = f" (also failed: rank {', '.join(map(str, others))})" if others else ""

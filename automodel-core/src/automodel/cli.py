@@ -225,6 +225,27 @@ def main(argv: list[str] | None = None) -> None:
     if "--debug" in args:  # accepted anywhere (`automodel run cfg.yaml --debug`), and by launched workers
         args = ["--debug", *[a for a in args if a != "--debug"]]
         os.environ["AUTOMODEL_DEBUG"] = "1"
+    from automodel.launch import exit_now, in_worker
+
+    if not in_worker():
+        _main(args, debug)
+        return
+    # A launched worker that stops early keeps its process group: leave without interpreter teardown so
+    # torchrun sees this exit code (see exit_now). A finished run has torn its process group down itself.
+    try:
+        _main(args, debug)
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        exit_now(e.code if isinstance(e.code, int) else int(e.code is not None))
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        exit_now(1)
+
+
+def _main(args: list[str], debug: bool) -> None:
     try:
         cli.main(args=args, prog_name="automodel", standalone_mode=False)
     except click.exceptions.Exit as e:

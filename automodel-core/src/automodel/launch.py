@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,3 +51,12 @@ def in_worker() -> bool:
 #: Exit code of a run that stopped on SIGTERM/SIGUSR1 after checkpointing: "requeue me".
 #: Launchers (Slurm) requeue the job on it; the next run resumes from the checkpoint.
 REQUEUE_EXIT_CODE = 75
+
+
+def exit_now(code: int) -> None:
+    """Leave this process with ``code`` without interpreter teardown. A worker that stops with its
+    process group still up (an error, a ``SystemExit``) can otherwise abort in a C++ static destructor
+    ("terminate called without an active exception"), and torchrun reports SIGABRT, not ``code``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
