@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from automodel import __version__
+from automodel.compat import core_version_problems
 from automodel.errors import AutomodelError
 
 
@@ -142,7 +143,7 @@ def plugins(as_json: bool, check: bool, plugin_modules: tuple[str, ...]) -> None
                 entry.resolve()
             except AutomodelError as e:
                 problems.append(f"{entry.plugin}: {e}")
-        problems += _core_version_problems(loaded.infos)
+        problems += core_version_problems(loaded.infos)
         for info in loaded.infos:
             plugin = loaded.pm.get_plugin(info.name)
             doctor = getattr(plugin, "check_requirements", None)
@@ -194,28 +195,6 @@ def export_cmd(checkpoint: str, out_dir: str, merged: bool | None, plugin_module
     extras = {} if merged is None else {"export_merged": merged}
     out = export_checkpoint(checkpoint, out_dir, plugin_modules, extras=extras)
     click.echo(f"exported {checkpoint} to {out}")
-
-
-def _core_version_problems(infos: list[Any]) -> list[str]:
-    """Plugins whose distribution requires an automodel-core version range this core is not in."""
-    from importlib import metadata
-
-    from packaging.requirements import Requirement
-
-    out = []
-    for info in infos:
-        if not info.dist or info.source == "builtin":
-            continue
-        try:
-            requires = metadata.requires(info.dist) or []
-        except metadata.PackageNotFoundError:
-            continue
-        for line in requires:
-            req = Requirement(line)
-            if req.name == "automodel-core" and req.specifier and __version__ not in req.specifier:
-                out.append(f"{info.name}: {info.dist} {info.version} requires automodel-core{req.specifier}, "
-                           f"this is {__version__}; upgrade one of them")
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import pluggy
 
 from automodel import hookspecs
+from automodel.compat import warn_incompatible_plugins
 from automodel.errors import PluginError
 from automodel.hookspecs import PROJECT
 from automodel.registry import KINDS, Entry, Registry
@@ -159,4 +160,5 @@ def load_plugins(local_modules: Iterable[str] = (), entry_points: bool = True) -
         plugin = pm.get_plugin(info.name)
         if plugin is not None:
             info.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+    warn_incompatible_plugins(infos)  # one stderr line per plugin that does not support this core
     return Plugins(pm, registry, infos)
