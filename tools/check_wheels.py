@@ -1,0 +1,267 @@
+#!/usr/bin/env python3
+"""Build every package and prove the install-from-an-index path works (``nox -s wheels``, CI).
+
+1. ``python -m build`` an sdist and a wheel (built from the sdist) of automodel-core and of every
+   automodel-plugins/<dir> with a pyproject.toml, into dist/; ``twine check --strict dist/*``;
+   every artifact carries VERSION, every plugin wheel requires an automodel-core range containing it.
+2. A fresh venv (outside the repository): ``torch==2.13.0`` from the registry, then
+   ``pip install --find-links dist automodel-core==V automodel-fsdp2==V``; the installed files must be
+   the ones in our wheels (RECORD hashes), not an editable install, not a copy from an index.
+3. From a temporary directory (the repository is not on sys.path, PYTHONPATH unset): ``automodel
+   plugins`` lists exactly builtin + fsdp2, ``--check`` passes, and a 2-process FSDP2 run of the
+   quickstart (a copy of examples/quickstart) exits 0, its loss falls and it exports a HF model.
+
+    python tools/check_wheels.py                # all of it (needs `build` and `twine` installed)
+    python tools/check_wheels.py --build-only --outdir /wheels   # what docker/Dockerfile runs
+
+Exit 1 with ``FAILED: ...`` on the first failed check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import venv
+import zipfile
+from email.parser import Parser
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from versions import CORE, ROOT, check, package_dirs, project_table, read_version  # noqa: E402
+
+TORCH = "torch==2.13.0"  # the CPU wheel on our CI machines; any torch>=2.6 works for the packages
+INSTALLED = ("automodel-core", "automodel-fsdp2")
+MAX_STEPS = 20
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"[check_wheels {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    kw.setdefault("check", True)
+    return subprocess.run([str(c) for c in cmd], **kw)
+
+
+def dist_name(name: str) -> str:
+    """Normalized file-name form: automodel-triton-ce -> automodel_triton_ce."""
+    return name.replace("-", "_").lower()
+
+
+def build_all(outdir: Path, isolation: bool = True) -> list[Path]:
+    """sdist + wheel of every package into outdir (old automodel_* artifacts there are removed)."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    for old in outdir.glob("automodel_*"):
+        old.unlink()
+    for pkg in package_dirs():
+        t0 = time.time()
+        cmd = [sys.executable, "-m", "build", "--outdir", outdir, pkg]
+        if not isolation:
+            cmd.insert(3, "--no-isolation")
+        proc = run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise CheckFailed(f"python -m build {pkg.relative_to(ROOT)} exited {proc.returncode}:\n"
+                              f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        log(f"built {pkg.relative_to(ROOT)} in {time.time() - t0:.1f} s")
+    return sorted(outdir.glob("automodel_*"))
+
+
+def wheel_metadata(whl: Path) -> tuple[dict, dict[str, str]]:
+    """(METADATA headers, RECORD path -> hash) of a wheel."""
+    with zipfile.ZipFile(whl) as z:
+        names = z.namelist()
+        meta_name = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        record_name = next(n for n in names if n.endswith(".dist-info/RECORD"))
+        meta = Parser().parsestr(z.read(meta_name).decode())
+        record = {row[0]: row[1] for row in csv.reader(io.StringIO(z.read(record_name).decode())) if row and row[1]}
+    return meta, record
+
+
+def check_artifacts(outdir: Path, version: str) -> dict[str, Path]:
+    """Every package has one sdist and one wheel at ``version``; returns name -> wheel."""
+    from packaging.requirements import Requirement
+
+    wheels = {}
+    for pkg in package_dirs():
+        name = project_table(pkg)["name"]
+        stem = f"{dist_name(name)}-{version}"
+        whl = outdir / f"{stem}-py3-none-any.whl"
+        sdist = outdir / f"{stem}.tar.gz"
+        for path in (whl, sdist):
+            if not path.exists():
+                found = ", ".join(p.name for p in outdir.glob(f"{dist_name(name)}-*")) or "nothing"
+                raise CheckFailed(f"{path.name} missing from {outdir} (found: {found})")
+        meta, record = wheel_metadata(whl)
+        if meta["Version"] != version or meta["Name"] != name:
+            raise CheckFailed(f"{whl.name}: METADATA says {meta['Name']} {meta['Version']}")
+        if not any(p.endswith(".py") and "/" in p and not p.startswith(f"{stem}.dist-info") for p in record):
+            raise CheckFailed(f"{whl.name} has no Python modules: {sorted(record)}")
+        with tarfile.open(sdist) as tar:
+            members = tar.getnames()
+        for needed in ("pyproject.toml", "README.md", "PKG-INFO"):
+            if f"{stem}/{needed}" not in members:
+                raise CheckFailed(f"{sdist.name} lacks {needed}")
+        if name != CORE:
+            reqs = [Requirement(r) for r in meta.get_all("Requires-Dist") or []]
+            core = [r for r in reqs if r.name == CORE]
+            if not core or not core[0].specifier.contains(version, prereleases=True):
+                raise CheckFailed(f"{whl.name}: Requires-Dist {CORE} is {core[0] if core else 'missing'}")
+        wheels[name] = whl
+        log(f"{whl.name}: {whl.stat().st_size / 1024:.1f} KiB wheel, {sdist.stat().st_size / 1024:.1f} KiB sdist")
+    return wheels
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("AUTOMODEL_LOAD_PLUGINS", None)
+    return env
+
+
+PROBE = r"""
+import json, sys
+from importlib import metadata
+import automodel, automodel_fsdp2
+out = {"sys_path": sys.path, "automodel": automodel.__file__, "automodel_fsdp2": automodel_fsdp2.__file__,
+       "prefix": sys.prefix, "dists": {}}
+for name in sys.argv[1:]:
+    d = metadata.distribution(name)
+    out["dists"][name] = {"version": d.version, "direct_url": d.read_text("direct_url.json"),
+                          "installer": (d.read_text("INSTALLER") or "").strip(),
+                          "record": {str(f): f.hash.value for f in d.files if f.hash}}
+print(json.dumps(out))
+"""
+
+
+def install_and_run(outdir: Path, wheels: dict[str, Path], version: str, work: Path) -> None:
+    env_dir = work / "venv"
+    t0 = time.time()
+    venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
+    py, automodel = env_dir / "bin" / "python", env_dir / "bin" / "automodel"
+    env = clean_env()
+    pip = [py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    run([*pip, TORCH], env=env, cwd=work)
+    run([*pip, "--find-links", outdir, *(f"{n}=={version}" for n in INSTALLED), TORCH], env=env, cwd=work)
+    log(f"fresh venv with {TORCH} + {' + '.join(INSTALLED)} from {outdir} in {time.time() - t0:.1f} s")
+
+    probe = json.loads(run([py, "-c", PROBE, *INSTALLED], env=env, cwd=work, capture_output=True, text=True).stdout)
+    repo = str(ROOT)
+    if any(p.startswith(repo) for p in probe["sys_path"]):
+        raise CheckFailed(f"the repository is on the fresh venv's sys.path: {probe['sys_path']}")
+    for mod in ("automodel", "automodel_fsdp2"):
+        if not probe[mod].startswith(str(env_dir)):
+            raise CheckFailed(f"{mod} imported from {probe[mod]}, not from the fresh venv {env_dir}")
+    for name in INSTALLED:
+        info = probe["dists"][name]
+        if info["version"] != version:
+            raise CheckFailed(f"{name} {info['version']} installed, built {version}")
+        if info["direct_url"] and json.loads(info["direct_url"]).get("dir_info", {}).get("editable"):
+            raise CheckFailed(f"{name} is an editable install: {info['direct_url']}")
+        _, wheel_record = wheel_metadata(wheels[name])
+        ours = {p: h for p, h in wheel_record.items() if p.endswith(".py")}
+        installed = {p: "sha256=" + h for p, h in info["record"].items() if p.endswith(".py") and "/../" not in p}
+        differ = [p for p, h in ours.items() if installed.get(p) != h]
+        if differ or not ours:
+            raise CheckFailed(f"{name}: installed files differ from {wheels[name].name}: {differ[:5]}")
+        log(f"{name} {version}: {len(ours)} modules installed from {wheels[name].name} (RECORD hashes match), "
+            f"installer {info['installer']}, not editable")
+
+    proc = run([automodel, "plugins", "--json"], env=env, cwd=work, capture_output=True, text=True)
+    listed = {p["name"]: p for p in json.loads(proc.stdout)}
+    if set(listed) != {"builtin", "fsdp2"} or listed["fsdp2"]["distribution"] != "automodel-fsdp2":
+        raise CheckFailed(f"automodel plugins lists {sorted(listed)}; expected builtin and fsdp2:\n{proc.stdout}")
+    if listed["fsdp2"]["version"] != version or listed["fsdp2"]["error"]:
+        raise CheckFailed(f"fsdp2 plugin: {listed['fsdp2']}")
+    text = run([automodel, "plugins", "--check"], env=env, cwd=work, capture_output=True, text=True, check=False)
+    if text.returncode != 0 or "all plugins OK" not in text.stdout or text.stderr.strip():
+        raise CheckFailed(f"automodel plugins --check exited {text.returncode}:\n{text.stdout}\n{text.stderr}")
+    shown = ", ".join(f"{n} ({p['source']})" for n, p in listed.items())
+    log(f"automodel plugins: {shown}; --check: all plugins OK")
+
+    qs = work / "quickstart"
+    shutil.copytree(ROOT / "examples" / "quickstart", qs, ignore=shutil.ignore_patterns("runs", "__pycache__"))
+    out = work / "run"
+    t0 = time.time()
+    proc = run([automodel, "run", qs / "config.yaml", f"output_dir={out}", "launcher.nproc_per_node=2",
+                "parallel=[{name: fsdp2}]", f"step_scheduler.max_steps={MAX_STEPS}", "step_scheduler.log_every_steps=5",
+                f"step_scheduler.val_every_steps={MAX_STEPS}", "lr_scheduler.warmup_steps=5"],
+               env=env, cwd=work, capture_output=True, text=True, check=False)
+    seconds = time.time() - t0
+    if proc.returncode != 0:
+        raise CheckFailed(f"2-process fsdp2 quickstart exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    for needed in ("fsdp2", f"step {MAX_STEPS}/{MAX_STEPS}", "exported Hugging Face model"):
+        if needed not in proc.stdout:
+            raise CheckFailed(f"the run's output lacks {needed!r}:\n{proc.stdout[-4000:]}")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    if [s for s, _ in steps] != list(range(5, MAX_STEPS + 1, 5)):
+        raise CheckFailed(f"metrics.jsonl steps {[s for s, _ in steps]}")
+    if not steps[-1][1] < 0.8 * steps[0][1]:
+        raise CheckFailed(f"loss did not fall: {steps}")
+    hf = out / "hf"
+    for needed in ("config.json", "tokenizer_config.json"):
+        if not (hf / needed).exists():
+            raise CheckFailed(f"{hf} lacks {needed}: {sorted(p.name for p in hf.iterdir()) if hf.exists() else 'missing'}")
+    if not list(hf.glob("*.safetensors")):
+        raise CheckFailed(f"{hf} has no safetensors weights")
+    probe = ("import sys; from transformers import AutoModelForCausalLM as M; "
+             "m = M.from_pretrained(sys.argv[1]); print(sum(p.numel() for p in m.parameters()))")
+    n = int(run([py, "-c", probe, hf], env=env, cwd=work, capture_output=True, text=True).stdout.split()[-1])
+    log(f"2-process fsdp2 quickstart: {MAX_STEPS} steps in {seconds:.1f} s, loss "
+        f"{' -> '.join(f'{loss:.3f}' for _, loss in steps)}, exported {n:,} parameters to {hf.name}/ (loads in transformers)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--outdir", type=Path, default=ROOT / "dist", help="where the sdists and wheels go (dist/)")
+    parser.add_argument("--build-only", action="store_true", help="only build (and check) the artifacts")
+    parser.add_argument("--no-isolation", action="store_true", help="build with this environment's setuptools")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary venv and run directory")
+    args = parser.parse_args(argv)
+    started = time.time()
+    try:
+        problems = check()
+        if problems:
+            raise CheckFailed("versions disagree (python tools/versions.py):\n  " + "\n  ".join(problems))
+        version = read_version()
+        outdir = args.outdir.resolve()
+        build_all(outdir, isolation=not args.no_isolation)
+        wheels = check_artifacts(outdir, version)
+        if args.build_only:
+            log(f"built {len(wheels)} packages at {version} into {outdir} in {time.time() - started:.0f} s")
+            return 0
+        artifacts = sorted(str(p) for p in outdir.glob("automodel_*"))
+        proc = run([sys.executable, "-m", "twine", "check", "--strict", *artifacts], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise CheckFailed(f"twine check --strict:\n{proc.stdout}\n{proc.stderr}")
+        log(f"twine check --strict: {len(artifacts)} artifacts PASSED")
+        work = Path(tempfile.mkdtemp(prefix="automodel-wheels-"))
+        try:
+            install_and_run(outdir, wheels, version, work)
+        finally:
+            if args.keep:
+                log(f"kept {work}")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+    except (CheckFailed, subprocess.CalledProcessError) as e:
+        print(f"FAILED: {e}", file=sys.stderr)
+        return 1
+    log(f"wheel check passed in {time.time() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
