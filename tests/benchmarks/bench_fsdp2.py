@@ -116,8 +116,9 @@ def _old_materialize(model, ctx, model_dir: str) -> None:
 def load_worker(model_dir: str) -> None:
     import torch
     import torch.distributed as dist
-    from automodel.builtin.models import hf, materialize
+    from automodel.builtin.models import hf
     from automodel.context import Context
+    from automodel.weights import materialize
     from automodel_fsdp2.parallel import FSDP2
     from torch.distributed.device_mesh import init_device_mesh
 

@@ -75,31 +75,6 @@ class TrainState:
             setattr(self, key, value)
 
 
-class ResumableSampler:
-    """Wraps a sampler (``DistributedSampler``) so that the next pass starts ``skip`` indices in.
-
-    Resuming mid-epoch skips the consumed indices without loading or collating their examples;
-    the pass after that is complete again. ``len()`` stays the full length of the wrapped sampler.
-    """
-
-    def __init__(self, sampler: Any):
-        self.sampler = sampler
-        self.skip = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
-
-    def __iter__(self) -> Any:
-        import itertools
-
-        skip, self.skip = self.skip, 0
-        return itertools.islice(iter(self.sampler), skip, None)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-
 def rng_state() -> dict[str, Any]:
     """The random generators of this process: python, numpy (when installed), torch CPU and CUDA."""
     import random

@@ -13,7 +13,6 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,14 +20,16 @@ import torch
 import torch.distributed as dist
 
 from automodel import config as config_mod
-from automodel.builtin.models import materialize, unwrap
 from automodel.context import Context
+from automodel.contracts import Parallelizer, member
+from automodel.data import Collator, TrainData, validation_loader
 from automodel.errors import AutomodelError
 from automodel.launch import REQUEUE_EXIT_CODE
 from automodel.mesh import DIM_ORDER, build_mesh, dp_coordinates, plan_mesh
 from automodel.plugins import Plugins
 from automodel.signals import Preempted, StopFlag, clear_marker, write_marker
-from automodel.state import ResumableSampler, StepScheduler, TrainState
+from automodel.state import StepScheduler, TrainState
+from automodel.weights import materialize, unwrap
 
 # --------------------------------------------------------------------------------------------------
 # Setup helpers
@@ -53,28 +54,6 @@ def _init_distributed(device: torch.device) -> tuple[int, int, int]:
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
 
 
-class Collator:
-    """Pad a list of examples to the longest, shift labels by one (the loss contract), build masks."""
-
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        n = max(len(e["input_ids"]) for e in examples)
-        ids = torch.full((len(examples), n), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(examples), n), -100, dtype=torch.long)
-        mask = torch.zeros((len(examples), n), dtype=torch.long)
-        for i, e in enumerate(examples):
-            k = len(e["input_ids"])
-            ids[i, :k] = torch.as_tensor(e["input_ids"])
-            labels[i, : k - 1] = torch.as_tensor(e["labels"][1:k])
-            mask[i, :k] = 1
-        batch = {"input_ids": ids, "labels": labels}
-        if not bool(mask.all()):
-            batch["attention_mask"] = mask
-        return batch
-
-
 class HiddenStates:
     """Captures the decoder's final hidden states so a fused loss never needs the logits."""
 
@@ -88,27 +67,6 @@ class HiddenStates:
 
     def _hook(self, module: Any, args: Any, output: Any) -> None:
         self.value = output[0] if isinstance(output, tuple) else output.last_hidden_state
-
-
-def _batches(loader: Any, sampler: Any, state: TrainState, samples_per_batch: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Micro-batches forever, epoch after epoch (reshuffled per epoch), from the data position in ``state``.
-
-    ``state.epoch`` seeds the shuffle; ``state.epoch_samples`` counts the sequences of that epoch all
-    data-parallel ranks have consumed (``samples_per_batch`` = local batch x dp size per micro-batch), so
-    a resumed run skips exactly those, also at another data-parallel size (same global order).
-    """
-    while True:
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(state.epoch)
-        skip = state.epoch_samples // samples_per_batch
-        state.epoch_samples = skip * samples_per_batch
-        if isinstance(sampler, ResumableSampler):
-            sampler.skip = skip * loader.batch_size
-        for batch in loader:
-            state.epoch_samples += samples_per_batch
-            yield batch
-        state.epoch += 1
-        state.epoch_samples = 0
 
 
 def _finish(ctx: Context, plugins: Plugins, loggers: list[Any], metrics: dict[str, Any], stop: StopFlag) -> None:
@@ -233,7 +191,8 @@ def train(cfg: dict[str, Any], plugins: Plugins) -> dict[str, Any]:
     if mesh is not None:
         for p in sorted(parallelizers, key=lambda p: -DIM_ORDER.index(p.dim)):
             model = p.apply(model, mesh, ctx)
-    materialize(model, ctx, transforms)
+    param_device = next((d for p in parallelizers if (d := member(p, Parallelizer, "param_device"))), None)
+    materialize(model, ctx, transforms, param_device)
     model.train()
     hf_model = unwrap(model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -244,19 +203,11 @@ def train(cfg: dict[str, Any], plugins: Plugins) -> dict[str, Any]:
     hidden = HiddenStates(hf_model) if getattr(loss_fn, "uses_hidden_states", False) else None
 
     # -- data -------------------------------------------------------------------------------------
-    from torch.utils.data import DataLoader, DistributedSampler
-
-    train_data = build(plugins, "datasets", cfg["dataset"], ctx, tokenizer)
-    sampler = ResumableSampler(
-        DistributedSampler(train_data, num_replicas=dp_size, rank=dp_rank, shuffle=True, seed=cfg["seed"], drop_last=True)
-    )
     collate = Collator(tokenizer.pad_token_id)
-    # its own generator: starting an epoch then draws no number from the global RNG, whose checkpointed
-    # state therefore continues identically after a mid-epoch resume (dropout)
-    loader = DataLoader(train_data, batch_size=sched.local_batch_size, sampler=sampler, collate_fn=collate, drop_last=True,
-                        generator=torch.Generator().manual_seed(cfg["seed"]))
+    train_data = build(plugins, "datasets", cfg["dataset"], ctx, tokenizer)
+    data = TrainData(train_data, collate, sched.local_batch_size, dp_rank, dp_size, cfg["seed"])
     accum = sched.grad_accum_steps(dp_size)
-    steps_per_epoch = len(loader) // accum
+    steps_per_epoch = len(data) // accum
     if steps_per_epoch == 0:
         raise AutomodelError(
             f"dataset: {len(train_data)} examples make no full step of {sched.global_batch_size} sequences "
@@ -268,8 +219,7 @@ def train(cfg: dict[str, Any], plugins: Plugins) -> dict[str, Any]:
     val_loader = None
     if cfg.get("validation_dataset"):
         val_data = build(plugins, "datasets", cfg["validation_dataset"], ctx, tokenizer)
-        val_sampler = DistributedSampler(val_data, num_replicas=dp_size, rank=dp_rank, shuffle=False)
-        val_loader = DataLoader(val_data, batch_size=sched.local_batch_size, sampler=val_sampler, collate_fn=collate)
+        val_loader = validation_loader(val_data, collate, sched.local_batch_size, dp_rank, dp_size)
 
     # -- optimizer, schedule, checkpoint, loggers ------------------------------------------------
     optimizer = build(plugins, "optimizers", cfg["optimizer"], params)
@@ -302,7 +252,7 @@ def train(cfg: dict[str, Any], plugins: Plugins) -> dict[str, Any]:
         return loss_fn(labels=labels, num_label_tokens=num_label_tokens, logits=logits)
 
     # -- steps ------------------------------------------------------------------------------------
-    batches = _batches(loader, sampler, train_state, sched.local_batch_size * dp_size)  # resumes mid-epoch
+    batches = data.batches(train_state)  # resumes mid-epoch
     metrics: dict[str, Any] = {}
     window_tokens, window_start = torch.zeros((), dtype=torch.long), time.perf_counter()
     peak_flops = _peak_flops(device)

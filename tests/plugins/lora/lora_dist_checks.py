@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from automodel.builtin.models import hf, init_weights, materialize
+from automodel.builtin.models import hf
 from automodel.context import Context
 from automodel.testing import TINY_LLAMA, exit_without_teardown
+from automodel.weights import init_weights, materialize
 from automodel_fsdp2.parallel import FSDP2
 from automodel_lora.transform import LoRA
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

@@ -359,8 +359,8 @@ def test_meta_model_stays_on_meta_until_materialize(tmp_path: Path, pretrained: 
     or initializes them as for the model without lora, and lora initializes the adapters
     (``init_weights``): the result equals lora applied to the real model."""
     from accelerate import init_empty_weights
-    from automodel.builtin.models import init_weights, materialize
     from automodel.context import Context
+    from automodel.weights import init_weights, materialize
     from automodel_lora.transform import LoRA
     from transformers import AutoConfig, AutoModelForCausalLM
 

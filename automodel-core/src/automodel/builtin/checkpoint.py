@@ -144,7 +144,7 @@ def resolve(path: str | os.PathLike[str], report: Any = None) -> Path:
 
 def model_identity(state: dict[str, Any], config: dict[str, Any], model_sd: dict[str, Any]) -> dict[str, Any]:
     """What must match to resume: the architecture config, the transforms' names, every parameter's name and shape."""
-    from automodel.builtin.models import unwrap
+    from automodel.weights import unwrap
 
     hf_config = getattr(unwrap(state["model"]), "config", None)
     arch = hf_config.to_dict() if hasattr(hf_config, "to_dict") else {}
@@ -461,7 +461,7 @@ class Checkpointer:
         """
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-        from automodel.builtin.models import unwrap
+        from automodel.weights import unwrap
 
         out = Path(out_dir)
         sd = get_model_state_dict(model)

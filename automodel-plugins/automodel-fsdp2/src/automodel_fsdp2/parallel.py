@@ -3,7 +3,7 @@
 The decoder block classes come from the model's ``_no_split_modules`` (what ``transformers`` itself
 never splits across devices) or, failing that, the children of the largest ``nn.ModuleList``. With
 ``meta_init`` (the default) the core builds the model on the meta device, this plugin shards it, and
-``automodel.builtin.models.materialize`` gives each rank storage for its shards only and reads only its
+``automodel.weights.materialize`` gives each rank storage for its shards only and reads only its
 slices of the safetensors files.
 """
 
@@ -59,6 +59,7 @@ class FSDP2:
         self.activation_checkpointing = activation_checkpointing
         self.block_classes = list(block_classes) if block_classes else None
         self.meta_init = meta_init
+        self.param_device = "cpu" if cpu_offload else None  # sharded parameters live on the host
 
     @staticmethod
     def validate_args(args: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -75,7 +76,6 @@ class FSDP2:
     # -- the contract -----------------------------------------------------------------------------
 
     def apply(self, model: Any, mesh: Any, ctx: Any) -> Any:
-        import torch
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
         dp_mesh = self._dp_mesh(mesh, ctx)
@@ -84,9 +84,7 @@ class FSDP2:
             output_dtype=_dtype(self.output_dtype),
         )
         offload = CPUOffloadPolicy(pin_memory=ctx.device.type == "cuda") if self.cpu_offload else OffloadPolicy()
-        if self.cpu_offload:
-            ctx.extras["materialize_device"] = torch.device("cpu")  # sharded parameters live on the host
-        elif not any(p.is_meta for p in model.parameters()):
+        if not self.cpu_offload and not any(p.is_meta for p in model.parameters()):
             model.to(ctx.device)
 
         blocks = find_blocks(model, self.block_classes)
@@ -102,7 +100,6 @@ class FSDP2:
         # The root (embeddings, final norm, lm_head) stays gathered from forward to backward: backward
         # starts there, and a fused loss reads the lm_head weight after the forward has returned.
         fully_shard(model, mesh=dp_mesh, reshard_after_forward=False, mp_policy=mp, offload_policy=offload)
-        ctx.extras["fsdp2_blocks"] = len(blocks)
         precision = ""
         if self.param_dtype or self.reduce_dtype:
             precision = (f", mixed precision: compute in {self.param_dtype or 'the loaded dtype'}, "

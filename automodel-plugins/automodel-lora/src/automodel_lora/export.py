@@ -16,7 +16,7 @@ PEFT_PREFIX = "base_model.model."  # PeftModel's state-dict prefix in front of t
 def trainable_state_dict(model: Any, ctx: Any) -> dict[str, Any]:
     """Full (unsharded) CPU copies of the trainable parameters of ``model``, named as in the Hugging Face
     model; complete on rank 0, empty elsewhere. Every rank must call it (DTensors gather collectively)."""
-    from automodel.builtin.models import unwrap
+    from automodel.weights import unwrap
     from torch.distributed.tensor import DTensor
 
     out: dict[str, Any] = {}
@@ -44,7 +44,7 @@ def save_adapter(peft_model: Any, model: Any, tokenizer: Any, out: Path, ctx: An
 def save_merged(peft_model: Any, model: Any, tokenizer: Any, out: Path, ctx: Any) -> Path:
     """``out``: the base model with the adapters merged in (``merge_and_unload``), as consolidated
     safetensors + config (+ tokenizer) that ``AutoModelForCausalLM.from_pretrained`` loads as is."""
-    from automodel.builtin.models import unwrap
+    from automodel.weights import unwrap
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     full = get_model_state_dict(unwrap(model), options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -135,7 +135,7 @@ class TensorParallel:
 
 def _base_model(model: Any) -> Any:
     """The transformers model inside wrappers (PEFT, DDP)."""
-    from automodel.builtin.models import unwrap
+    from automodel.weights import unwrap
 
     if hasattr(model, "get_base_model"):
         model = model.get_base_model()

@@ -1,0 +1,232 @@
+"""The objects plugins hand to the core, as Protocols: what each kind must have and what it may have.
+
+A factory registered for a kind (see :mod:`automodel.hookspecs`) returns an object that fits one of
+these Protocols. Required members have no default here. Optional members have their documented
+default in the Protocol's class body, and the core reads them only through :func:`member`, so one
+table (this module) says what the loop assumes when a plugin leaves a member out::
+
+    from automodel.contracts import Parallelizer, member
+
+    if member(parallelizer, Parallelizer, "meta_init"):
+        ...
+
+Plugins do not need to inherit from these classes (they are structural), but may, to get the
+defaults as class attributes and type checking. No torch import here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+T = TypeVar("T")
+
+
+def member(obj: Any, contract: type, name: str) -> Any:
+    """``obj.name`` if the object has it, else the default ``contract`` declares for that member.
+
+    Raises ``AttributeError`` for a name the contract does not declare with a default (a required
+    member, or a typo in the core): the core never guesses at undeclared members.
+    """
+    if name not in _optional(contract):
+        raise AttributeError(f"{contract.__name__} declares no optional member '{name}'")
+    return getattr(obj, name, getattr(contract, name))
+
+
+def _optional(contract: type) -> set[str]:
+    return {k for k, v in vars(contract).items() if not k.startswith("_") and (v is None or not callable(v))}
+
+
+def missing_members(obj: Any, contract: type) -> list[str]:
+    """The required members of ``contract`` that ``obj`` lacks (used by ``plugins --check`` and the kit)."""
+    required = [n for n in getattr(contract, "__annotations__", {}) if n not in _optional(contract)]
+    required += [n for n, v in vars(contract).items() if callable(v) and not n.startswith("_") and n not in _optional(contract)]
+    return [n for n in dict.fromkeys(required) if not hasattr(obj, n)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Factories (the registered callables themselves)
+# --------------------------------------------------------------------------------------------------
+
+
+class Factory(Protocol):
+    """A registered factory. Optional attributes on the factory (function or class):
+
+    * ``validate_args(args) -> [(key, message, hint), ...]``: value checks on the YAML arguments, run by
+      ``automodel validate`` before anything heavy (types, unknown and missing keys are checked from the
+      signature already). ``key`` is relative to the section, ``""`` for the section itself.
+    * ``path_args``: names of arguments that are local paths; the saved config holds them absolute.
+    """
+
+    validate_args: Callable[[dict[str, Any]], list[tuple[str, str, str]]] | None = None
+    path_args: Sequence[str] = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Transform(Protocol):
+    """A model transform (``transforms:``): LoRA, FP8, activation checkpointing, ...
+
+    Required: ``apply(model, ctx) -> model``, called in config order before any parallelizer. With
+    ``ctx.meta_init`` the model is on the meta device and should stay there.
+
+    Optional (``None``: not provided):
+
+    * ``export(model, tokenizer, out_dir, ctx)``: write the final export instead of the checkpointer's
+      full-weights export (LoRA writes an adapter directory). Called on every rank.
+    * ``checkpoint_key(name) -> str | None``: the name in the pretrained files of the weight ``name``
+      of the transformed model, ``None`` for a weight no file holds (meta-device loading).
+    * ``init_weights(model, full_size)``: initialize the weights no file holds, after loading (meta only).
+    """
+
+    export: Callable[..., None] | None = None
+    checkpoint_key: Callable[[str], str | None] | None = None
+    init_weights: Callable[..., None] | None = None
+
+    def apply(self, model: Any, ctx: Any) -> Any: ...
+
+
+@runtime_checkable
+class Parallelizer(Protocol):
+    """A parallelizer (``parallel:``) owning one mesh dimension.
+
+    Required: ``dim`` (``dp_replicate``, ``dp_shard``, ``cp`` or ``tp``), ``size`` (``None``: the ranks
+    the others leave) and ``apply(model, mesh, ctx) -> model``.
+
+    Optional:
+
+    * ``meta_init = False``: ask the loader to build the model on the meta device; the core
+      materializes and loads the weights after every parallelizer has run.
+    * ``param_device = None``: where sharded parameters live when materialized (``"cpu"`` for CPU
+      offload); ``None`` is the compute device.
+    * ``exclusive = False``: this parallelizer cannot share the model with any other (DDP replicates a
+      plain module); :func:`automodel.mesh.layout_problems` refuses such combinations before launch.
+    * ``validate_model(model_cfg) -> [(message, hint), ...]``: checks of the ``model:`` section against
+      this layout (``size`` already resolved), run before launch.
+    """
+
+    dim: str
+    size: int | None
+    meta_init: bool = False
+    param_device: str | None = None
+    exclusive: bool = False
+    validate_model: Callable[[dict[str, Any]], list[tuple[str, str]]] | None = None
+
+    def apply(self, model: Any, mesh: Any, ctx: Any) -> Any: ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Loss(Protocol):
+    """A loss (``loss:``). Called as ``loss(*, labels, num_label_tokens, logits=None, hidden_states=None,
+    lm_head_weight=None)``; returns the sum of token losses divided by ``num_label_tokens`` (the label
+    tokens of the whole global batch). ``labels`` are shifted, ``-100`` is ignored.
+
+    Optional: ``uses_hidden_states = False``; ``True`` makes the loop skip the logits and pass the final
+    hidden states and the lm_head weight (fused linear cross-entropy).
+    """
+
+    uses_hidden_states: bool = False
+
+    def __call__(self, *, labels: Any, num_label_tokens: Any, logits: Any = None, hidden_states: Any = None,
+                 lm_head_weight: Any = None) -> Any: ...
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """A dataset (``dataset:``, ``validation_dataset:``): map-style, ``len()`` and ``[i]`` giving a dict
+    with ``input_ids`` and ``labels`` (lists of int, equal length, unshifted, ``-100`` = no loss).
+    Add BOS yourself if the model expects it (the builtin datasets add the tokenizer's BOS)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Checkpointer(Protocol):
+    """A checkpointer (``checkpoint:``). Every method is called on every rank.
+
+    Required:
+
+    * ``save(state, step) -> path``: write a complete checkpoint of ``state`` (``model``,
+      ``optimizer``, ``lr_scheduler``, ``train_state``) for ``step``.
+    * ``load(state) -> step | None``: restore ``state`` in place from the checkpoint to resume from.
+    * ``export(model, tokenizer, out_dir)``: consolidated Hugging Face weights + config + tokenizer.
+
+    Optional:
+
+    * ``save_final = True``: checkpoint after the last step.
+    * ``export_hf = True``: export ``<output_dir>/hf`` at the end of the run.
+    * ``load_model(model, path) -> step``: restore only the model weights from the checkpoint at
+      ``path`` (``automodel export``); ``None``: this checkpointer cannot export its checkpoints.
+    """
+
+    save_final: bool = True
+    export_hf: bool = True
+    load_model: Callable[[Any, Path], int] | None = None
+
+    def save(self, state: dict[str, Any], step: int) -> Any: ...
+
+    def load(self, state: dict[str, Any]) -> int | None: ...
+
+    def export(self, model: Any, tokenizer: Any, out_dir: str | Path) -> Any: ...
+
+
+@runtime_checkable
+class Logger(Protocol):
+    """A metrics logger (``loggers:``), built on the main rank only.
+
+    ``log(metrics, step)`` receives training records (``loss``, ``grad_norm``, ``lr``,
+    ``tokens_per_s``, ``peak_mem_gb``, ``tokens_seen``, ``label_tokens``, ``mfu`` where known) and, on
+    validation steps, a separate validation-only record (``val_loss``, ``val_tokens``, ...) for the same
+    step. ``close()`` is called once at the end, also after an error or a preemption stop.
+    """
+
+    def log(self, metrics: dict[str, Any], step: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Launcher(Protocol):
+    """A launcher (``launcher:``): ``launch(job) -> exit code``.
+
+    Optional:
+
+    * ``world_size = None``: the number of training processes it will start, when known before launch
+      (lets ``validate`` check mesh and batch sizes).
+    * ``preview(job) -> None``: print what ``launch`` would start without starting it
+      (``automodel run --dry-run``); ``None``: no dry run.
+    """
+
+    world_size: int | None = None
+    preview: Callable[[Any], None] | None = None
+
+    def launch(self, job: Any) -> int: ...
+
+
+#: The contract of each registered kind's returned object (None: a torch object or a tuple).
+CONTRACTS: dict[str, type | None] = {
+    "model_loaders": None,
+    "model_transforms": Transform,
+    "parallelizers": Parallelizer,
+    "datasets": Dataset,
+    "losses": Loss,
+    "optimizers": None,
+    "lr_schedulers": None,
+    "checkpointers": Checkpointer,
+    "launchers": Launcher,
+    "loggers": Logger,
+}
