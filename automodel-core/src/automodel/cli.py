@@ -85,6 +85,7 @@ def _prepare(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple
 def run(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str, ...], dry_run: bool = False) -> None:
     """Validate CONFIG (with overrides) and train, through the configured launcher."""
     from automodel import config as config_mod
+    from automodel.contracts import Launcher, member
     from automodel.launch import Job, in_worker
 
     if in_worker():
@@ -99,12 +100,15 @@ def run(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str,
     saved = out / "config.yaml"
     saved.write_text(config_mod.dump(cfg))
     launcher = config_mod.build_component(plugins, "launchers", cfg["launcher"])
-    if dry_run:  # launchers that can preview themselves have a `dry_run` attribute (local, slurm)
-        if not hasattr(launcher, "dry_run"):
+    job = Job(cfg, saved.resolve(), list(plugin_modules), plugins)
+    if dry_run:
+        preview = member(launcher, Launcher, "preview")
+        if preview is None:
             name = cfg["launcher"].get("name", cfg["launcher"].get("_target_"))
             raise AutomodelError(f"--dry-run: the '{name}' launcher has no dry run; `automodel validate {config_path}` checks the config")
-        launcher.dry_run = True
-    code = launcher.launch(Job(cfg, saved.resolve(), list(plugin_modules), plugins))
+        preview(job)
+        return
+    code = launcher.launch(job)
     sys.exit(code)
 
 

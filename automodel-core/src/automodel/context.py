@@ -1,4 +1,4 @@
-"""What every component sees during a run: where it runs and where it writes."""
+"""What every component sees during a run: where it runs, where it writes, how long it runs."""
 
 from __future__ import annotations
 
@@ -9,18 +9,23 @@ from typing import Any
 
 @dataclass
 class Context:
-    """Per-process run context, passed to loaders, datasets, transforms, parallelizers and hooks.
+    """Per-process run context, passed to loaders, datasets, transforms, parallelizers, checkpointers,
+    loggers and lifecycle hooks.
 
     Attributes:
         rank, world_size, local_rank: this process in the job (0, 1, 0 for a single process).
         device: the ``torch.device`` this rank computes on.
         output_dir: the run directory (config.yaml, metrics.jsonl, checkpoints/, hf/).
-        config: the resolved config (plain dict).
+        config: the resolved config (plain dict, defaults filled in).
         mesh: the ``DeviceMesh`` (None in a single, non-distributed process).
         dp_rank, dp_size: this rank's data-parallel coordinate and the data-parallel degree.
         meta_init: a parallelizer asked for the model to be built on the meta device.
         plugins: the loaded :class:`automodel.plugins.Plugins`.
-        extras: free space for plugins to share per-run objects (key them by plugin name).
+        total_steps: optimizer steps this run trains for (set once the data is known; None before).
+        train_state: the :class:`automodel.state.TrainState` (step, data position, ``metadata`` that
+            checkpoints carry); restored before loggers are built, so a logger can read what it stored.
+        extras: free space for plugins to share per-run objects (key them by plugin name), and
+            per-command options (``automodel export --merged`` sets ``export_merged``).
     """
 
     rank: int = 0
@@ -34,15 +39,14 @@ class Context:
     dp_size: int = 1
     meta_init: bool = False
     plugins: Any = None
+    total_steps: int | None = None
+    train_state: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_main(self) -> bool:
+        """True on rank 0: the rank that prints, logs and writes shared files."""
         return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.mesh is not None
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         """print() on the main rank only."""

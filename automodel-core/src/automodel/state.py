@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -66,13 +67,19 @@ class TrainState:
     epoch: int = 0
     tokens_seen: int = 0
     epoch_samples: int = 0
+    #: JSON-able facts a resumed run must see again, owned by plugins and keyed by plugin name
+    #: (e.g. ``{"wandb": {"run_id": ...}}``). Set on the main rank; the loop shares it with every rank
+    #: before the first save.
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["metadata"] = json.dumps(self.metadata, sort_keys=True)  # one entry: DCP loads only known keys
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
-            setattr(self, key, value)
+            setattr(self, key, json.loads(value) if key == "metadata" else value)
 
 
 def rng_state() -> dict[str, Any]:

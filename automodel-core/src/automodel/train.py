@@ -215,7 +215,7 @@ def train(cfg: dict[str, Any], plugins: Plugins) -> dict[str, Any]:
         )
     epochs = sched.num_epochs if sched.max_steps is None else None
     total_steps = min(sched.max_steps or sys.maxsize, steps_per_epoch * epochs if epochs else sys.maxsize)
-    ctx.extras["total_steps"] = total_steps
+    ctx.total_steps = total_steps
     val_loader = None
     if cfg.get("validation_dataset"):
         val_data = build(plugins, "datasets", cfg["validation_dataset"], ctx, tokenizer)
@@ -225,7 +225,7 @@ def train(cfg: dict[str, Any], plugins: Plugins) -> dict[str, Any]:
     optimizer = build(plugins, "optimizers", cfg["optimizer"], params)
     lr_scheduler = build(plugins, "lr_schedulers", cfg["lr_scheduler"], optimizer, total_steps=total_steps)
     checkpointer = build(plugins, "checkpointers", cfg["checkpoint"], ctx)
-    train_state = TrainState()
+    train_state = ctx.train_state = TrainState()
     state = {"model": model, "optimizer": optimizer, "lr_scheduler": lr_scheduler, "train_state": train_state}
     resumed = checkpointer.load(state)
     if resumed is not None:
@@ -234,6 +234,10 @@ def train(cfg: dict[str, Any], plugins: Plugins) -> dict[str, Any]:
             ctx.print(f"warning: the checkpoint is at step {resumed} and the run ends at step {total_steps}: nothing "
                       "to train; raise step_scheduler.max_steps to continue, or use checkpoint.resume=never")
     loggers = [build(plugins, "loggers", spec, ctx) for spec in cfg["loggers"]] if ctx.is_main else []
+    if world_size > 1:  # what loggers stored in train_state.metadata (a run id) is saved by every rank
+        box = [train_state.metadata]
+        dist.broadcast_object_list(box, src=0)
+        train_state.metadata = box[0]
     ctx.print(
         f"training {total_steps} step{'s' if total_steps != 1 else ''}: {sched.global_batch_size} sequences/step = {sched.local_batch_size} x "
         f"{accum} accumulation x {dp_size} data-parallel; {len(train_data)} examples, {steps_per_epoch} steps/epoch"

@@ -12,16 +12,19 @@ class LocalLauncher:
     def __init__(self, nproc_per_node: int = 1):
         self.nproc_per_node = nproc_per_node
         self.world_size = nproc_per_node
-        self.dry_run = False  # `automodel run --dry-run`: say what would start, start nothing
+
+    def _torchrun_args(self, job: Any) -> list[str]:
+        return ["--standalone", f"--nproc_per_node={self.nproc_per_node}", *job.worker_command()]
+
+    def preview(self, job: Any) -> None:
+        """``automodel run --dry-run``: say what would start, start nothing."""
+        if self.nproc_per_node == 1:
+            print(f"dry run: would train in this process on {job.config_path}", flush=True)
+        else:
+            print(f"dry run: would start {self.nproc_per_node} processes: torchrun {' '.join(self._torchrun_args(job))}", flush=True)
 
     def launch(self, job: Any) -> int:
-        args = ["--standalone", f"--nproc_per_node={self.nproc_per_node}", *job.worker_command()]
-        if self.dry_run:
-            if self.nproc_per_node == 1:
-                print(f"dry run: would train in this process on {job.config_path}", flush=True)
-            else:
-                print(f"dry run: would start {self.nproc_per_node} processes: torchrun {' '.join(args)}", flush=True)
-            return 0
+        args = self._torchrun_args(job)
         if self.nproc_per_node == 1:
             from automodel.train import train
 

@@ -31,7 +31,7 @@ class ConsoleLogger:
     SHOWN = ("loss", "val_loss", "grad_norm", "lr", "tokens_per_s", "peak_mem_gb", "mfu")
 
     def __init__(self, ctx: Any, width: int = 20):
-        self.total = ctx.extras.get("total_steps")
+        self.total = ctx.total_steps
         self.width = width
         self.start = time.monotonic()
         self.first_step: int | None = None

@@ -145,17 +145,26 @@ class SlurmLauncher:
             master_port=self.master_port, version=__version__,
         )
 
-    def launch(self, job: Any) -> int:
+    def _write_script(self, job: Any) -> tuple[Any, str, Path]:
         spec = self.script_spec(job)
         text = render(spec)
         script = Path(job.config["output_dir"]).resolve() / "slurm" / "job.sbatch"
         script.parent.mkdir(parents=True, exist_ok=True)
         Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
         script.write_text(text)
+        return spec, text, script
+
+    def preview(self, job: Any) -> None:
+        """``automodel run --dry-run``: write and print the script, submit nothing."""
+        _, text, script = self._write_script(job)
+        print(text, end="")
+        print(f"# dry run: not submitted. Script: {script}\n# submit with: sbatch {script}", flush=True)
+
+    def launch(self, job: Any) -> int:
         if self.dry_run:
-            print(text, end="")
-            print(f"# dry run: not submitted. Script: {script}\n# submit with: sbatch {script}", flush=True)
+            self.preview(job)
             return 0
+        spec, _, script = self._write_script(job)
         self._warn_about_resume(job.config)
         job_id = submit(script, cwd=spec.workdir)
         log = spec.log_path.replace("%j", job_id)
