@@ -146,8 +146,19 @@ class Loss(Protocol):
 @runtime_checkable
 class Dataset(Protocol):
     """A dataset (``dataset:``, ``validation_dataset:``): map-style, ``len()`` and ``[i]`` giving a dict
-    with ``input_ids`` and ``labels`` (lists of int, equal length, unshifted, ``-100`` = no loss).
-    Add BOS yourself if the model expects it (the builtin datasets add the tokenizer's BOS)."""
+    with ``input_ids`` and ``labels`` (lists of int, equal length, unshifted, ``-100`` = no loss), and
+    optionally ``position_ids`` (packed rows: positions restart at 0 for each packed sample).
+    A ``torch.utils.data.IterableDataset`` is accepted for streaming (then ``max_steps`` is required).
+    Add BOS yourself if the model expects it (the builtin datasets add the tokenizer's BOS).
+
+    Optional:
+
+    * ``evaluate(model, ctx) -> dict``: a validation dataset that computes its own metrics (multiple-
+      choice accuracy, say) instead of the mean token loss; called on every rank in eval mode under
+      ``torch.no_grad()``, it returns the same metrics on every rank (keys like ``val_accuracy``).
+    """
+
+    evaluate: Callable[[Any, Any], dict[str, Any]] | None = None
 
     def __len__(self) -> int: ...
 

@@ -82,8 +82,8 @@ class TrainData:
         self.loader = DataLoader(dataset, batch_size=local_batch_size, sampler=self.sampler, collate_fn=collate,
                                  drop_last=True, generator=torch.Generator().manual_seed(seed))
 
-    def __len__(self) -> int:
-        """Micro-batches per epoch on this rank."""
+    def micro_batches_per_epoch(self) -> int | None:
+        """Micro-batches per epoch on this rank; None when unknown (a streaming dataset)."""
         return len(self.loader)
 
     def batches(self, state: TrainState) -> Iterator[dict[str, torch.Tensor]]:

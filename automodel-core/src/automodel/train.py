@@ -207,14 +207,17 @@ def train(cfg: dict[str, Any], plugins: Plugins) -> dict[str, Any]:
     train_data = build(plugins, "datasets", cfg["dataset"], ctx, tokenizer)
     data = TrainData(train_data, collate, sched.local_batch_size, dp_rank, dp_size, cfg["seed"])
     accum = sched.grad_accum_steps(dp_size)
-    steps_per_epoch = len(data) // accum
+    per_epoch = data.micro_batches_per_epoch()
+    steps_per_epoch = per_epoch // accum if per_epoch is not None else None
     if steps_per_epoch == 0:
         raise AutomodelError(
             f"dataset: {len(train_data)} examples make no full step of {sched.global_batch_size} sequences "
             f"(global_batch_size); lower step_scheduler.global_batch_size or add data"
         )
     epochs = sched.num_epochs if sched.max_steps is None else None
-    total_steps = min(sched.max_steps or sys.maxsize, steps_per_epoch * epochs if epochs else sys.maxsize)
+    if steps_per_epoch is None and sched.max_steps is None:
+        raise AutomodelError("dataset: a streaming dataset has no length; set step_scheduler.max_steps")
+    total_steps = min(sched.max_steps or sys.maxsize, steps_per_epoch * epochs if epochs and steps_per_epoch else sys.maxsize)
     ctx.total_steps = total_steps
     val_loader = None
     if cfg.get("validation_dataset"):
