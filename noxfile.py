@@ -44,8 +44,6 @@ def quickstart(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
+    """automodel vs its peers, loss kernels, start-up: one table, then every plugin benchmark; `nox -s bench -- --quick` for the table alone."""
     install(session)
-    import glob
-
-    for script in sorted(glob.glob("tests/benchmarks/bench_*.py")):
-        session.run("python", script)
+    session.run("python", "tests/benchmarks/run_all.py", *(session.posargs or ["--plugins"]))

@@ -37,7 +37,10 @@ from typing import Any
 from _common import BATCH, HERE, LLAMA_1B, LLAMA_5M, LR, SEQ, WARMUP, python_env, run_measured, table, tokens_per_s
 
 PEERS = ["plain", "automodel", "hf_trainer", "torchtune", "nemo_automodel"]
-VENV_PEERS = {"torchtune": ["torchtune==0.6.1", "torchao==0.10.0"], "nemo_automodel": ["nemo-automodel==0.7.0"]}
+# Pins beyond torch: torchtune 0.6.1 imports torchao.dtypes.nf4tensor, gone from current torchao (0.10.0 is
+# its contemporary); NeMo Automodel 0.7.0's LoRA Triton kernel does not import under triton 3.9 (autotune
+# key 'S' is not a kernel argument), which pip picks when nothing pins it.
+VENV_PEERS = {"torchtune": ["torchtune==0.6.1", "torchao==0.10.0"], "nemo_automodel": ["nemo-automodel==0.7.0", "triton==3.5.1"]}
 VENV_ROOT = Path(tempfile.gettempdir()) / "automodel-bench-peers"
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
 
