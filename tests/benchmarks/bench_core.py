@@ -18,17 +18,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from _common import BATCH, LLAMA_5M, LR, SEQ, plain_steps
+from _common import tokens_per_s as _tokens_per_s
 from automodel import config as config_mod
 from automodel import hookimpl
-from automodel.builtin.datasets import MockDataset
 from automodel.plugins import load_plugins
 from automodel.testing import tiny_model
 from automodel.train import train
-
-LLAMA_5M = dict(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512)
-BATCH, SEQ, WARMUP = 8, 256, 3
 
 
 class StepTimer:
@@ -41,28 +37,12 @@ class StepTimer:
 
 
 def tokens_per_s(times: list[float]) -> float:
-    timed = times[WARMUP:]
-    return (len(timed) - 1) * BATCH * SEQ / (timed[-1] - timed[0])
+    return _tokens_per_s(times, BATCH, SEQ)
 
 
 def plain_loop(model_dir: Path, steps: int) -> float:
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).train()
-    data = MockDataset(BATCH * steps, SEQ, LLAMA_5M["vocab_size"], seed=0)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    times = []
-    for i in range(steps):
-        ids = torch.tensor([data[j]["input_ids"] for j in range(i * BATCH, (i + 1) * BATCH)])
-        logits = model(input_ids=ids, use_cache=False).logits
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter())
-    return tokens_per_s(times)
+    """The plain PyTorch reference loop of _common.py (the one bench_peers.py runs too)."""
+    return tokens_per_s(plain_steps(model_dir, steps)[0])
 
 
 def automodel_loop(model_dir: Path, out: Path, steps: int) -> float:
@@ -70,7 +50,7 @@ def automodel_loop(model_dir: Path, out: Path, steps: int) -> float:
         "output_dir": str(out),
         "model": {"name": "hf", "pretrained": str(model_dir)},
         "dataset": {"name": "mock", "num_samples": BATCH * steps, "seq_len": SEQ, "vocab_size": LLAMA_5M["vocab_size"]},
-        "optimizer": {"name": "adamw", "lr": 1e-4},
+        "optimizer": {"name": "adamw", "lr": LR},
         "step_scheduler": {"global_batch_size": BATCH, "local_batch_size": BATCH, "max_steps": steps, "log_every_steps": 10},
         "checkpoint": {"export_hf": False, "save_final": False},
         "loggers": [],
@@ -99,7 +79,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    steps = args.steps + WARMUP
+    steps = args.steps + 3  # + the untimed warm-up steps
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = tiny_model(tmp, **LLAMA_5M)
         n = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(model_dir).parameters())
