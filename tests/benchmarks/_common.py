@@ -29,11 +29,15 @@ LLAMA_1B: dict[str, Any] = dict(vocab_size=128256, hidden_size=2048, intermediat
                                 rope_theta=500000.0, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001)
 
 
-def tokens_per_s(times: list[float], batch: int = BATCH, seq: int = SEQ, warmup: int = WARMUP) -> float:
-    """Throughput over the steps after ``warmup``, from the wall-clock end times of every step."""
+def tokens_per_s(times: list[float], batch: int = BATCH, seq: int = SEQ, warmup: int = WARMUP, robust: bool = False) -> float:
+    """Throughput over the steps after ``warmup``, from the wall-clock end times of every step: total tokens
+    over the span, or with ``robust`` one step's tokens over the median step time (on a machine shared with
+    other jobs, a burst of their load then moves the number less)."""
     timed = times[warmup:] if len(times) > warmup + 1 else times
     if len(timed) < 2:
         raise ValueError(f"need at least 2 timed steps, got {len(times)} step times")
+    if robust:
+        return batch * seq / statistics.median(b - a for a, b in zip(timed, timed[1:]))
     return (len(timed) - 1) * batch * seq / (timed[-1] - timed[0])
 
 

@@ -17,7 +17,7 @@ in interleaved rounds (rotated order), median over rounds:
 
 All: AdamW lr 1e-4 (betas 0.9/0.999, eps 1e-8, no weight decay), clip 1.0, constant lr, the ``mock`` dataset
 (random tokens, seed 0), global batch 8 = one micro-batch, same steps. tokens/s counts input tokens over the
-steps after the first three; "start -> step 1" is wall time from process start to the end of step 1.
+steps after the first three (one step's tokens over the median step time); "start -> step 1" is wall time from process start to the end of step 1.
 """
 
 from __future__ import annotations
@@ -266,7 +266,8 @@ def run_one(name: str, a: argparse.Namespace, root: Path, model_dir: Path | None
     times = res["times"]
     if len(times) < 2:
         return {"error": f"recorded {len(times)} step times", "output": text[-3000:]}
-    return {"tps": tokens_per_s(times, a.batch, a.seq, WARMUP if len(times) > WARMUP + 2 else 0), "peak_gb": peak_gb,
+    return {"tps": tokens_per_s(times, a.batch, a.seq, WARMUP if len(times) > WARMUP + 2 else 0, robust=True), "peak_gb": peak_gb,
+            "step_times": [b - a for a, b in zip(times, times[1:])],
             "first_step_s": times[0] - start, "loss": (res["losses"] or [math.nan])[-1], "steps": len(times),
             "gpu_peak_gb": res.get("last", {}).get("peak_mem_gb")}
 
