@@ -1,32 +1,60 @@
 """From a dataset of examples to micro-batches: sharding over data-parallel ranks, shuffling per epoch,
-padding and label shifting, and a data position that a checkpoint restores exactly.
+padding and label shifting, sequence packing, streaming, and a data position that a checkpoint restores
+exactly.
 
 The loop uses two things from here: :class:`TrainData` (micro-batches forever, resumable) and
-:func:`validation_loader` (one pass, sharded, in order).
+:func:`validation_loader` (one pass, sharded, in order). Datasets use :func:`pack` (map-style packing)
+and :class:`StreamingDataset` (an iterable dataset the loop shards, skips and packs on the fly).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
+from automodel.errors import AutomodelError
 from automodel.state import TrainState
+
+# --------------------------------------------------------------------------------------------------
+# Collation
+# --------------------------------------------------------------------------------------------------
+
+
+def _packed_detection_available() -> bool:
+    """transformers builds a per-sample (block-diagonal) causal mask from ``position_ids`` itself."""
+    try:
+        from transformers.masking_utils import find_packed_sequence_indices  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class Collator:
-    """Pad a list of examples to the longest, shift labels by one (the loss contract), build masks."""
+    """Pad a list of examples to the longest, shift labels by one (the loss contract), build masks.
+
+    Packed rows (examples with ``position_ids``) get ``position_ids`` in the batch and no
+    ``attention_mask``: transformers then detects the packed samples from the positions restarting at 0
+    and builds a block-diagonal causal mask (sdpa, eager, flex) or runs varlen flash-attention, so no
+    token attends across a sample boundary. Padding of packed rows is a sample of its own (positions
+    from 0) that no real token sees. The shifted label at the last token of each packed sample is
+    -100: no sample learns to predict the next sample's first token.
+    """
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
+        self._checked = False
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         n = max(len(e["input_ids"]) for e in examples)
         ids = torch.full((len(examples), n), self.pad_id, dtype=torch.long)
         labels = torch.full((len(examples), n), -100, dtype=torch.long)
+        if any("position_ids" in e for e in examples):
+            return self._packed(examples, ids, labels)
         mask = torch.zeros((len(examples), n), dtype=torch.long)
         for i, e in enumerate(examples):
             k = len(e["input_ids"])
@@ -37,6 +65,220 @@ class Collator:
         if not bool(mask.all()):
             batch["attention_mask"] = mask
         return batch
+
+    def _packed(self, examples: list[dict[str, Any]], ids: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not self._checked:
+            if not _packed_detection_available():
+                import transformers
+
+                raise AutomodelError(
+                    f"dataset: packed rows need transformers' packed-sequence masking (transformers.masking_utils, "
+                    f"transformers>=4.53); this is transformers {transformers.__version__}. Upgrade transformers or set packing: false"
+                )
+            self._checked = True
+        n = ids.shape[1]
+        positions = torch.arange(n, dtype=torch.long).repeat(len(examples), 1)
+        for i, e in enumerate(examples):
+            k = len(e["input_ids"])
+            ids[i, :k] = torch.as_tensor(e["input_ids"])
+            pos = torch.as_tensor(e["position_ids"]) if "position_ids" in e else torch.arange(k)
+            positions[i, :k] = pos
+            positions[i, k:] = torch.arange(n - k)  # padding: a sample of its own
+            shifted = torch.as_tensor(e["labels"][1:k])
+            shifted[pos[1:] == 0] = -100  # the last token of a sample does not predict the next sample
+            labels[i, : k - 1] = shifted
+        return {"input_ids": ids, "labels": labels, "position_ids": positions}
+
+
+# --------------------------------------------------------------------------------------------------
+# Packing
+# --------------------------------------------------------------------------------------------------
+
+
+def pack_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Group sample indices into rows of at most ``capacity`` tokens (best-fit decreasing: each sample,
+    longest first, goes to the fullest row it fits in). Deterministic."""
+    import numpy as np
+
+    if capacity < 1:
+        raise ValueError(f"capacity must be >= 1, got {capacity}")
+    too_long = [i for i, n in enumerate(lengths) if n > capacity]
+    if too_long:
+        raise ValueError(f"{len(too_long)} samples are longer than the row length {capacity} (first: index {too_long[0]})")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    with_room: list[list[int]] = [[] for _ in range(capacity + 1)]  # free tokens -> rows with that many
+    count = np.zeros(capacity + 1, dtype=np.int64)
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = max(int(lengths[i]), 1)
+        hits = np.flatnonzero(count[n:])
+        if len(hits):
+            r = n + int(hits[0])
+            b = with_room[r].pop()
+            count[r] -= 1
+        else:
+            b = len(bins)
+            bins.append([])
+            room.append(capacity)
+        bins[b].append(i)
+        room[b] -= n
+        if room[b] > 0:
+            with_room[room[b]].append(b)
+            count[room[b]] += 1
+    return bins
+
+
+def _rows(data: Any, indices: list[int]) -> list[dict[str, Any]]:
+    """Examples ``indices`` of a map-style dataset, in one read for a Hugging Face ``datasets.Dataset``."""
+    if hasattr(data, "column_names"):
+        cols = data[indices]
+        return [{k: cols[k][j] for k in cols} for j in range(len(indices))]
+    return [data[j] for j in indices]
+
+
+def concat_samples(samples: Iterable[dict[str, Any]]) -> dict[str, list[int]]:
+    """One packed row from samples: ``input_ids`` and ``labels`` concatenated, ``position_ids`` restarting at 0."""
+    ids: list[int] = []
+    labels: list[int] = []
+    pos: list[int] = []
+    for s in samples:
+        k = len(s["input_ids"])
+        ids.extend(s["input_ids"])
+        labels.extend(s["labels"])
+        pos.extend(range(k))
+    return {"input_ids": ids, "labels": labels, "position_ids": pos}
+
+
+class PackedDataset(torch.utils.data.Dataset):
+    """A map-style dataset whose row ``i`` concatenates the samples ``bins[i]`` of ``data`` (see :func:`pack`)."""
+
+    def __init__(self, data: Any, bins: list[list[int]], capacity: int, real_tokens: int):
+        self.data = data
+        self.bins = bins
+        self.capacity = capacity
+        self.real_tokens = real_tokens
+
+    @property
+    def efficiency(self) -> float:
+        """Real tokens / (rows x row length): the share of the packed tensor that is not padding."""
+        return self.real_tokens / max(1, len(self.bins) * self.capacity)
+
+    def __len__(self) -> int:
+        return len(self.bins)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return concat_samples(_rows(self.data, self.bins[i]))
+
+
+def pack(data: Any, capacity: int, lengths: Sequence[int] | None = None) -> PackedDataset:
+    """Pack a map-style dataset of ``input_ids``/``labels`` examples into rows of at most ``capacity`` tokens.
+
+    ``lengths`` (the token count of every sample) is read from the data when not given.
+    """
+    if lengths is None:
+        lengths = [len(x) for x in data["input_ids"]] if hasattr(data, "column_names") else [len(data[i]["input_ids"]) for i in range(len(data))]
+    bins = pack_bins(lengths, capacity)
+    return PackedDataset(data, bins, capacity, int(sum(lengths)))
+
+
+def pack_stream(samples: Iterable[dict[str, Any]], capacity: int) -> Iterator[dict[str, list[int]]]:
+    """Pack a stream greedily in order: a row is emitted when the next sample does not fit."""
+    row: list[dict[str, Any]] = []
+    used = 0
+    for s in samples:
+        k = len(s["input_ids"])
+        if k > capacity:
+            s = {key: s[key][:capacity] for key in ("input_ids", "labels")}
+            k = capacity
+        if row and used + k > capacity:
+            yield concat_samples(row)
+            row, used = [], 0
+        row.append(s)
+        used += k
+    if row:
+        yield concat_samples(row)
+
+
+# --------------------------------------------------------------------------------------------------
+# Streaming
+# --------------------------------------------------------------------------------------------------
+
+
+class StreamingDataset(torch.utils.data.IterableDataset):
+    """A stream of tokenized examples (``input_ids``, ``labels``) over a Hugging Face
+    ``datasets.IterableDataset`` (or any iterable), packed on the fly into rows of ``pack_length``
+    tokens when set. :meth:`shard` gives one data-parallel rank's part (``split_dataset_by_node``).
+    """
+
+    def __init__(self, source: Any, pack_length: int | None = None, description: str = "stream"):
+        self.source = source
+        self.pack_length = pack_length
+        self.description = description
+
+    def shard(self, rank: int, size: int) -> StreamingDataset:
+        if size == 1:
+            return self
+        try:
+            import datasets
+        except ImportError:  # pragma: no cover - datasets is a core dependency
+            datasets = None
+        if datasets is not None and isinstance(self.source, datasets.IterableDataset):
+            from datasets.distributed import split_dataset_by_node
+
+            return StreamingDataset(split_dataset_by_node(self.source, rank, size), self.pack_length, self.description)
+        return StreamingDataset(_RoundRobin(self.source, rank, size), self.pack_length, self.description)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.source, "set_epoch"):
+            self.source.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        samples = ({"input_ids": s["input_ids"], "labels": s["labels"], **({"position_ids": s["position_ids"]} if "position_ids" in s else {})}
+                   for s in self.source)
+        if self.pack_length:
+            return pack_stream(samples, self.pack_length)
+        return samples
+
+
+class _RoundRobin:
+    """Every ``size``-th example of an iterable, from ``rank`` on (for streams that are not HF datasets)."""
+
+    def __init__(self, source: Iterable[Any], rank: int, size: int):
+        self.source, self.rank, self.size = source, rank, size
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.source, "set_epoch"):
+            self.source.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(iter(self.source), self.rank, None, self.size)
+
+
+def is_streaming(dataset: Any) -> bool:
+    """An iterable dataset without a length (streamed), as opposed to a map-style one."""
+    return isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__getitem__")
+
+
+def _shard(dataset: Any, rank: int, size: int) -> Any:
+    if hasattr(dataset, "shard") and isinstance(dataset, StreamingDataset):
+        return dataset.shard(rank, size)
+    return StreamingDataset(dataset).shard(rank, size)
+
+
+def _everyone(flag: bool) -> bool:
+    """``flag`` and-ed over all ranks (one tiny all-reduce; every rank must stop an epoch together)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop's side
+# --------------------------------------------------------------------------------------------------
 
 
 class ResumableSampler:
@@ -69,11 +311,24 @@ class TrainData:
     ``state.epoch`` seeds the shuffle; ``state.epoch_samples`` counts the sequences of that epoch that
     all data-parallel ranks together have consumed, so a resumed run skips exactly those, also at
     another data-parallel size (the global order is the same).
+
+    A streaming dataset (a ``torch.utils.data.IterableDataset``, e.g. :class:`StreamingDataset`) is
+    read in order: each rank reads its shard, a resumed run skips the sequences its rank had consumed
+    (re-reading them: the stream has no random access), and an epoch ends for every rank together when
+    one rank's shard has no full micro-batch left.
     """
 
-    def __init__(self, dataset: Any, collate: Any, local_batch_size: int, dp_rank: int, dp_size: int, seed: int):
+    def __init__(self, dataset: Any, collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
+                 local_batch_size: int, dp_rank: int, dp_size: int, seed: int):
         self.dataset = dataset
+        self.collate = collate
+        self.local_batch_size = local_batch_size
+        self.dp_size = dp_size
         self.samples_per_batch = local_batch_size * dp_size  # sequences all dp ranks consume per micro-batch
+        self.streaming = is_streaming(dataset)
+        if self.streaming:
+            self.stream = _shard(dataset, dp_rank, dp_size)
+            return
         self.sampler = ResumableSampler(
             DistributedSampler(dataset, num_replicas=dp_size, rank=dp_rank, shuffle=True, seed=seed, drop_last=True)
         )
@@ -84,10 +339,13 @@ class TrainData:
 
     def micro_batches_per_epoch(self) -> int | None:
         """Micro-batches per epoch on this rank; None when unknown (a streaming dataset)."""
-        return len(self.loader)
+        return None if self.streaming else len(self.loader)
 
     def batches(self, state: TrainState) -> Iterator[dict[str, torch.Tensor]]:
         """Micro-batches forever, from (and advancing) the data position in ``state``."""
+        if self.streaming:
+            yield from self._stream_batches(state)
+            return
         while True:
             self.sampler.set_epoch(state.epoch)
             skip = state.epoch_samples // self.samples_per_batch
@@ -99,8 +357,33 @@ class TrainData:
             state.epoch += 1
             state.epoch_samples = 0
 
+    def _stream_batches(self, state: TrainState) -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            if hasattr(self.stream, "set_epoch"):
+                self.stream.set_epoch(state.epoch)
+            skip = state.epoch_samples // self.samples_per_batch
+            state.epoch_samples = skip * self.samples_per_batch
+            examples = itertools.islice(iter(self.stream), skip * self.local_batch_size, None)
+            produced = False
+            while True:
+                chunk = list(itertools.islice(examples, self.local_batch_size))
+                if not _everyone(len(chunk) == self.local_batch_size):
+                    break
+                produced = True
+                state.epoch_samples += self.samples_per_batch
+                yield self.collate(chunk)
+            if not produced and skip == 0:
+                raise AutomodelError(
+                    f"dataset: the stream has no full micro-batch of {self.local_batch_size} sequences per data-parallel "
+                    f"rank ({self.dp_size} ranks); add data or lower step_scheduler.local_batch_size"
+                )
+            state.epoch += 1
+            state.epoch_samples = 0
+
 
 def validation_loader(dataset: Any, collate: Any, batch_size: int, dp_rank: int, dp_size: int) -> DataLoader:
-    """One ordered pass over ``dataset``, split over the data-parallel ranks."""
+    """One ordered pass over ``dataset``, split over the data-parallel ranks (a stream: its rank's shard)."""
+    if is_streaming(dataset):
+        return DataLoader(_shard(dataset, dp_rank, dp_size), batch_size=batch_size, collate_fn=collate)
     sampler = DistributedSampler(dataset, num_replicas=dp_size, rank=dp_rank, shuffle=False)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate)

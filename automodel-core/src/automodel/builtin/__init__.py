@@ -15,6 +15,9 @@ def register_model_loaders(register):
 @hookimpl
 def register_datasets(register):
     register("instruction", f"{_B}.datasets:instruction", description="prompt/response pairs (json, jsonl, csv, parquet, hub)")
+    register("chat", f"{_B}.datasets:chat", description="messages lists via the chat template, loss on assistant turns")
+    register("squad", f"{_B}.datasets:squad", description="context + question -> answer (SQuAD format)")
+    register("hellaswag", f"{_B}.datasets:hellaswag", description="multiple choice; as validation: accuracy")
     register("mock", f"{_B}.datasets:mock", description="random token sequences (benchmarks, smoke tests)")
 
 
