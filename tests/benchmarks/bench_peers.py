@@ -329,7 +329,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     a = ap.parse_args(argv)
 
     if a.worker:
-        Path(a.out).write_text(json.dumps(WORKERS[a.worker](a)))
+        res = WORKERS[a.worker](a)
+        if a.device == "cuda":
+            import torch
+
+            res["last"] = {"peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30}
+        Path(a.out).write_text(json.dumps(res))
         return []
 
     a.steps = a.steps or (13 if a.quick else 20 + WARMUP)
@@ -435,16 +440,17 @@ def summarize(results: dict[str, list[dict[str, Any]]], skipped: dict[str, str],
 
 
 def print_rows(rows: list[dict[str, Any]], a: argparse.Namespace) -> None:
-    header = ["framework", "tokens/s", "vs plain", "peak RSS GiB", "start->step 1 s", "last loss"] + (["MFU"] if a.gpu else [])
+    header = ["framework", "tokens/s", "vs plain", "peak RSS GiB", "start->step 1 s", "last loss"] + (["MFU", "GPU peak GiB"] if a.gpu else [])
     body, notes = [], []
     for r in rows:
         if "error" in r:
-            body.append([r["name"], "-", "-", "-", "-", "-"] + (["-"] if a.gpu else []))
+            body.append([r["name"], "-", "-", "-", "-", "-"] + (["-", "-"] if a.gpu else []))
             notes.append(f"{r['name']}: {r['error']}")
             continue
         body.append([r["name"], f"{r['tokens_per_s']:,.0f}", f"{r['vs_plain']:.3f}" if "vs_plain" in r else "-",
                      f"{r['peak_rss_gb']:.2f}", f"{r['first_step_s']:.1f}", f"{r['loss']:.3f}"]
-                    + ([f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"] if a.gpu else []))
+                    + ([f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-", f"{r['gpu_peak_gb']:.1f}" if "gpu_peak_gb" in r else "-"]
+                       if a.gpu else []))
     print()
     print(table(body, header))
     for n in notes:
