@@ -28,8 +28,8 @@ class AutomodelGroup(click.Group):
 
         try:
             load_plugins().hook.register_commands(cli=self)
-        except AutomodelError:
-            pass  # reported by the command that needs the plugins
+        except AutomodelError as e:  # the CLI still works; commands that need the plugins report it again
+            click.echo(f"warning: plugin commands not loaded: {e}", err=True)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._load_plugin_commands()
@@ -64,8 +64,8 @@ plugin_option = click.option(
 )
 
 
-def _prepare(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str, ...], world_size: int | None = None) -> tuple[dict[str, Any], Any]:
-    """Load, override, load plugins, validate. Returns (resolved config, plugins)."""
+def _prepare(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str, ...], world_size: int | None = None) -> tuple[Any, Any]:
+    """Load, override, load plugins, validate. Returns (:class:`automodel.config.Validated`, plugins)."""
     from automodel import config as config_mod
     from automodel.plugins import load_plugins
 
@@ -73,8 +73,7 @@ def _prepare(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple
     local = list(plugin_modules) + [m for m in raw.get("plugins") or [] if isinstance(m, str)]
     plugins = load_plugins(local)
     plugins.raise_on_failures()
-    cfg = config_mod.resolve(raw, plugins, source=config_path, world_size=world_size)
-    return cfg, plugins
+    return config_mod.validate(raw, plugins, source=config_path, world_size=world_size), plugins
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -89,18 +88,18 @@ def run(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str,
     from automodel.launch import Job, in_worker
 
     if in_worker():
-        cfg, plugins = _prepare(config_path, overrides, plugin_modules, world_size=int(os.environ.get("WORLD_SIZE", 1)))
+        validated, plugins = _prepare(config_path, overrides, plugin_modules, world_size=int(os.environ.get("WORLD_SIZE", 1)))
         from automodel.train import train
 
-        train(cfg, plugins)
+        train(validated.config, plugins, validated.layout)
         return
-    cfg, plugins = _prepare(config_path, overrides, plugin_modules)
+    validated, plugins = _prepare(config_path, overrides, plugin_modules)
+    cfg, launcher = validated.config, validated.launcher
     out = Path(cfg["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.yaml"
-    saved.write_text(config_mod.dump(cfg))
-    launcher = config_mod.build_component(plugins, "launchers", cfg["launcher"])
-    job = Job(cfg, saved.resolve(), list(plugin_modules), plugins)
+    saved.write_text(config_mod.dump(cfg))  # the one copy: workers and `automodel export` read it
+    job = Job(cfg, saved.resolve(), list(plugin_modules), plugins, validated.layout)
     if dry_run:
         preview = member(launcher, Launcher, "preview")
         if preview is None:
@@ -121,7 +120,7 @@ def validate(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple
     """Check CONFIG without training: sections, components, arguments, types, sizes, files."""
     from automodel import config as config_mod
 
-    cfg, plugins = _prepare(config_path, overrides, plugin_modules)
+    cfg = _prepare(config_path, overrides, plugin_modules)[0].config
     if print_config:
         click.echo(config_mod.dump(cfg))
     parts = [f"model={cfg['model'].get('name', cfg['model'].get('_target_'))}"]
@@ -137,6 +136,7 @@ def validate(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple
 @plugin_option
 def plugins(as_json: bool, check: bool, plugin_modules: tuple[str, ...]) -> None:
     """List plugins, their versions and what they register."""
+    from automodel.contracts import PluginModule, member
     from automodel.plugins import load_plugins
 
     loaded = load_plugins(plugin_modules)
@@ -150,8 +150,8 @@ def plugins(as_json: bool, check: bool, plugin_modules: tuple[str, ...]) -> None
         problems += core_version_problems(loaded.infos)
         for info in loaded.infos:
             plugin = loaded.pm.get_plugin(info.name)
-            doctor = getattr(plugin, "check_requirements", None)
-            if callable(doctor):
+            doctor = member(plugin, PluginModule, "check_requirements")
+            if doctor is not None:
                 problems += [f"{info.name}: {msg}" for msg in doctor() or []]
         problems += [f"{i.name}: failed to import: {i.error}" for i in loaded.failed]
     if as_json:
@@ -194,7 +194,7 @@ def export_cmd(checkpoint: str, out_dir: str, merged: bool | None, plugin_module
     transformers.AutoModelForCausalLM.from_pretrained. A LoRA run writes a PEFT adapter directory
     (peft.PeftModel.from_pretrained loads it) and, with --merged, the merged model in OUT/merged.
     """
-    from automodel.builtin.checkpoint import export_checkpoint
+    from automodel.model import export_checkpoint
 
     extras = {} if merged is None else {"export_merged": merged}
     out = export_checkpoint(checkpoint, out_dir, plugin_modules, extras=extras)

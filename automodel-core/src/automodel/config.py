@@ -19,7 +19,9 @@ from typing import Any
 
 import yaml
 
+from automodel.contracts import Factory, Launcher, Parallelizer, member
 from automodel.errors import AutomodelError, ConfigError, Problem, did_you_mean
+from automodel.mesh import Layout, plan_layout
 from automodel.registry import KINDS, import_target
 from automodel.state import StepScheduler
 
@@ -54,6 +56,7 @@ SECTIONS: dict[str, Any] = {
     "output_dir": Scalar(str, "runs/default"),
     "device": Scalar(typing.Literal["auto", "cpu", "cuda"], "auto"),
     "clip_grad_norm": Scalar(float | None, 1.0),
+    "peak_tflops": Scalar(float | None, None),
     "plugins": Scalar(list[str], []),
     "model": Component("model_loaders"),
     "dataset": Component("datasets"),
@@ -68,6 +71,9 @@ SECTIONS: dict[str, Any] = {
     "launcher": Component("launchers", {"name": "local"}),
     "loggers": ComponentList("loggers", ({"name": "console"}, {"name": "jsonl"})),
 }
+
+#: The layout of a multi-process run whose config names no parallelizer: plain data parallelism.
+MULTI_PROCESS_PARALLEL = {"name": "ddp"}
 
 #: Leading arguments the core passes itself to each kind's factory (never set from YAML).
 SUPPLIED: dict[str, tuple[str, ...]] = {
@@ -315,8 +321,8 @@ def check_arguments(
     for name, param in named.items():
         if param.default is inspect.Parameter.empty and name not in args:
             problems.append(Problem(f"{key}.{name}", "missing required argument", f"add {name}: <{describe(param.annotation)}>"))
-    check = getattr(factory, "validate_args", None)
-    if callable(check) and not problems:
+    check = member(factory, Factory, "validate_args")
+    if check is not None and not problems:
         for sub, message, hint in check(dict(args)):
             problems.append(Problem(f"{key}.{sub}" if sub else key, message, hint or None))
     return problems
@@ -345,13 +351,30 @@ def _component_factory(
         return None, args
 
 
+@dataclass
+class Validated:
+    """A validated run: the resolved config, its launcher and its layout (parallelizers + mesh plan),
+    built once by :func:`validate` and reused by the CLI and the loop."""
+
+    config: dict[str, Any]
+    launcher: Any
+    layout: Layout
+
+
 def resolve(
     raw: dict[str, Any], plugins: Plugins, source: str | None = None, world_size: int | None = None
 ) -> dict[str, Any]:
-    """Fill defaults and validate every section. Returns the resolved config or raises ConfigError.
+    """Fill defaults and validate every section: the resolved config, or a ConfigError."""
+    return validate(raw, plugins, source, world_size).config
 
-    ``world_size`` is the number of processes when known (inside a launched worker); otherwise it is
-    asked from the launcher.
+
+def validate(
+    raw: dict[str, Any], plugins: Plugins, source: str | None = None, world_size: int | None = None
+) -> Validated:
+    """Fill defaults and validate every section; raise ConfigError with every problem found.
+
+    ``world_size`` is the number of processes when known (inside a launched worker); otherwise the
+    launcher's ``world_size`` (None when it cannot know before launch).
     """
     problems: list[Problem] = []
     cfg: dict[str, Any] = {}
@@ -413,64 +436,48 @@ def resolve(
     clip = cfg.get("clip_grad_norm")
     if isinstance(clip, (int, float)) and clip <= 0:
         problems.append(Problem("clip_grad_norm", f"must be > 0 or null (no clipping), got {clip}", "e.g. 1.0"))
+    launcher = layout = None
     if not problems:
-        problems += _check_layout(cfg, plugins, world_size)
+        launcher = build_component(plugins, "launchers", cfg["launcher"])
+        if world_size is None:
+            world_size = member(launcher, Launcher, "world_size")
+        layout, layout_problems = _check_layout(cfg, plugins, world_size)
+        problems += layout_problems
     if problems:
         raise ConfigError(problems, source)
     for section, factory in built:
         _absolute_paths(section, factory)
-    return cfg
+    return Validated(cfg, launcher, layout)
 
 
 def _absolute_paths(section: dict[str, Any], factory: Callable[..., Any]) -> None:
     """Arguments a factory lists in ``path_args`` that name an existing local path become absolute, so
     the saved config means the same from any directory (``automodel export`` elsewhere, a Slurm job)."""
-    for name in getattr(factory, "path_args", ()):
+    for name in member(factory, Factory, "path_args"):
         value = section.get(name)
         if isinstance(value, str) and value and not os.path.isabs(value) and os.path.exists(os.path.expanduser(value)):
             section[name] = str(Path(value).expanduser().resolve())
 
 
-def _check_layout(cfg: dict[str, Any], plugins: Plugins, world_size: int | None) -> list[Problem]:
-    """Cross-section checks: parallel sizes vs the world size, batch sizes vs data parallelism."""
-    from automodel.mesh import MeshError, plan_mesh
-
-    problems: list[Problem] = []
-    if world_size is None:
-        launcher = build_component(plugins, "launchers", cfg["launcher"])
-        world_size = getattr(launcher, "world_size", None)
+def _check_layout(cfg: dict[str, Any], plugins: Plugins, world_size: int | None) -> tuple[Layout, list[Problem]]:
+    """Cross-section checks: the parallel layout (rules in :func:`automodel.mesh.plan_layout`), the model
+    against it, batch sizes against data parallelism."""
     if world_size and world_size > 1 and not cfg["parallel"]:
-        cfg["parallel"] = [{"name": "ddp"}]  # several processes and no choice made: data parallel
-    names = [item.get("name") for item in cfg["parallel"]]
-    if "ddp" in names and len(names) > 1:
-        others = ", ".join(repr(n or "_target_") for n in names if n != "ddp")
-        problems.append(Problem(
-            f"parallel.{names.index('ddp')}", f"'ddp' cannot be combined with {others}: DistributedDataParallel "
-            "replicates a plain model, the others shard it",
-            "for data parallelism next to tp use {name: fsdp2}; to replicate across groups use {name: fsdp2_replicate}",
-        ))
-        return problems
+        cfg["parallel"] = [dict(MULTI_PROCESS_PARALLEL)]  # several processes and no choice made: data parallel
     parallelizers = [build_component(plugins, "parallelizers", item) for item in cfg["parallel"]]
-    dims = [(f"parallel.{i}", p.dim, p.size) for i, p in enumerate(parallelizers)]
-    dp_size = None
-    if world_size:
-        try:
-            plan = plan_mesh(dims, world_size)
-            dp_size = plan.dp_size
-            for p in parallelizers:  # a size left open is what the mesh gives it: models are checked with it
-                if p.size is None and p.dim in plan.sizes:
-                    p.size = plan.sizes[p.dim]
-        except MeshError as e:
-            problems.append(Problem(e.key or "parallel", str(e), e.hint))
+    names = [str(item.get("name") or item.get("_target_")) for item in cfg["parallel"]]
+    layout, found = plan_layout(parallelizers, world_size, names)
+    problems = [Problem(key, message, hint) for key, message, hint in found]
+    if problems:
+        return layout, problems
     for i, p in enumerate(parallelizers):
-        check = getattr(p, "validate_model", None)
-        if callable(check):
-            for message, hint in check(cfg["model"]) or []:
-                problems.append(Problem(f"parallel.{i}", message, hint))
+        check = member(p, Parallelizer, "validate_model")
+        if check is not None:
+            problems += [Problem(f"parallel.{i}", message, hint) for message, hint in check(cfg["model"]) or []]
     sched = StepScheduler(**cfg["step_scheduler"])
-    for key, message, hint in sched.problems(dp_size):
-        problems.append(Problem(f"step_scheduler.{key}", message, hint or None))
-    return problems
+    dp_size = layout.plan.dp_size if layout.plan else None
+    problems += [Problem(f"step_scheduler.{key}", message, hint or None) for key, message, hint in sched.problems(dp_size)]
+    return layout, problems
 
 
 def build_component(plugins: Plugins, kind: str, section: dict[str, Any], *args: Any, **kwargs: Any) -> Any:

@@ -106,8 +106,9 @@ class Parallelizer(Protocol):
       materializes and loads the weights after every parallelizer has run.
     * ``param_device = None``: where sharded parameters live when materialized (``"cpu"`` for CPU
       offload); ``None`` is the compute device.
-    * ``exclusive = False``: this parallelizer cannot share the model with any other (DDP replicates a
-      plain module); :func:`automodel.mesh.layout_problems` refuses such combinations before launch.
+    * ``exclusive = None``: a reason (text) why this parallelizer cannot share the model with any other
+      (DDP replicates a plain module); :func:`automodel.mesh.plan_layout` refuses such combinations
+      before launch, quoting the reason.
     * ``validate_model(model_cfg) -> [(message, hint), ...]``: checks of the ``model:`` section against
       this layout (``size`` already resolved), run before launch.
     """
@@ -116,7 +117,7 @@ class Parallelizer(Protocol):
     size: int | None
     meta_init: bool = False
     param_device: str | None = None
-    exclusive: bool = False
+    exclusive: str | None = None
     validate_model: Callable[[dict[str, Any]], list[tuple[str, str]]] | None = None
 
     def apply(self, model: Any, mesh: Any, ctx: Any) -> Any: ...
@@ -226,6 +227,16 @@ class Launcher(Protocol):
     preview: Callable[[Any], None] | None = None
 
     def launch(self, job: Any) -> int: ...
+
+
+class PluginModule(Protocol):
+    """A plugin module (entry point or ``--plugin``). Besides its ``@hookimpl`` functions it may define:
+
+    * ``check_requirements() -> [problem, ...]``: what ``automodel plugins --check`` should report
+      (a missing optional dependency, a binary not on PATH), each with its fix. ``None``: nothing to check.
+    """
+
+    check_requirements: Callable[[], list[str]] | None = None
 
 
 #: The contract of each registered kind's returned object (None: a torch object or a tuple).

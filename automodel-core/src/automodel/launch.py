@@ -21,12 +21,14 @@ class Job:
         config_path: where that config was saved (``<output_dir>/config.yaml``); workers run it.
         plugin_modules: local plugin modules (``--plugin``) that workers must load too.
         plugins: the loaded plugins of this process (for in-process training).
+        layout: the validated :class:`automodel.mesh.Layout` (for in-process training).
     """
 
     config: dict[str, Any]
     config_path: Path
     plugin_modules: list[str] = field(default_factory=list)
     plugins: Any = None
+    layout: Any = None
 
     def worker_command(self) -> list[str]:
         """The command a launched process runs: ``automodel run <config_path>`` plus local plugins."""

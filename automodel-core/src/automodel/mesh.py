@@ -74,6 +74,50 @@ def plan_mesh(dims: list[tuple[str, str, int | None]], world_size: int) -> MeshP
     return MeshPlan({d: sizes[d] for d in DIM_ORDER if d in sizes}, world_size)
 
 
+@dataclass
+class Layout:
+    """The parallelizers of a run (built, in config order) and, once the world size is known, the mesh
+    plan. Validation makes it once; the loop reuses it."""
+
+    parallelizers: list[Any]
+    plan: MeshPlan | None = None
+
+    @property
+    def innermost_first(self) -> list[Any]:
+        """The order parallelizers are applied in: tp/cp, then dp_shard, then dp_replicate."""
+        return sorted(self.parallelizers, key=lambda p: -DIM_ORDER.index(p.dim))
+
+
+def plan_layout(parallelizers: list[Any], world_size: int | None, names: list[str] | None = None) -> tuple[Layout, list[tuple[str, str, str | None]]]:
+    """The layout of ``parallelizers`` (``parallel.<i>`` in config order) over ``world_size`` processes
+    (None: not known yet), and (key, message, hint) for every rule it breaks. The rules live here:
+
+    * a parallelizer that declares ``exclusive`` (a reason, e.g. DDP) shares the model with no other;
+    * at most one parallelizer per mesh dimension, at most one open size, sizes that fit the world.
+
+    A size left open becomes what the mesh gives it (models are then checked with it).
+    """
+    from automodel.contracts import Parallelizer, member
+
+    names = names or [type(p).__name__ for p in parallelizers]
+    layout = Layout(list(parallelizers))
+    for i, p in enumerate(parallelizers):
+        reason = member(p, Parallelizer, "exclusive")
+        if reason and len(parallelizers) > 1:
+            others = ", ".join(repr(n) for j, n in enumerate(names) if j != i)
+            return layout, [(f"parallel.{i}", f"'{names[i]}' cannot be combined with {others}: {reason}", None)]
+    if not world_size:
+        return layout, []
+    try:
+        layout.plan = plan_mesh([(f"parallel.{i}", p.dim, p.size) for i, p in enumerate(parallelizers)], world_size)
+    except MeshError as e:
+        return layout, [(e.key or "parallel", str(e), e.hint)]
+    for p in parallelizers:
+        if p.size is None and p.dim in layout.plan.sizes:
+            p.size = layout.plan.sizes[p.dim]
+    return layout, []
+
+
 def build_mesh(plan: MeshPlan, device_type: str) -> Any:
     """A ``torch.distributed.DeviceMesh`` with the planned named dimensions (needs a process group)."""
     from torch.distributed.device_mesh import init_device_mesh

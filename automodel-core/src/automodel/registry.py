@@ -59,12 +59,6 @@ class Entry:
             return f"{self.dist} {self.version or ''}".strip()
         return self.plugin
 
-    @property
-    def target_path(self) -> str:
-        if isinstance(self.target, str):
-            return self.target
-        return f"{getattr(self.target, '__module__', '?')}:{getattr(self.target, '__qualname__', '?')}"
-
     def resolve(self) -> Callable[..., Any]:
         """Import (once) and return the factory."""
         if isinstance(self.target, str):

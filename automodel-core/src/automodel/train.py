@@ -1,38 +1,380 @@
-"""The training loop. Read it top to bottom: setup, then one optimizer step per iteration.
+"""The training loop. Read :class:`Trainer` top to bottom: setup, then :meth:`Trainer.run`, which calls
+:meth:`Trainer.train_step` (accumulate micro-batches through :meth:`Trainer.forward_backward`, clip,
+step) once per optimizer step, then logs, validates and checkpoints.
 
-    config -> process group -> mesh -> model -> transforms -> parallelizers -> materialize
-    -> data -> optimizer, scheduler -> checkpointer.load -> steps (accumulate, clip, step, log,
-    validate, checkpoint) -> final checkpoint + export
+    config -> process group -> mesh -> model (loader, transforms, parallelizers, weights) -> data
+    -> optimizer, scheduler -> checkpointer.load -> steps -> final checkpoint + export
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import resource
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from automodel import config as config_mod
 from automodel.context import Context
-from automodel.contracts import Parallelizer, member
+from automodel.contracts import Checkpointer, Dataset, Loss, Parallelizer, member
 from automodel.data import Collator, TrainData, validation_loader
 from automodel.errors import AutomodelError
 from automodel.launch import REQUEUE_EXIT_CODE
-from automodel.mesh import DIM_ORDER, build_mesh, dp_coordinates, plan_mesh
+from automodel.mesh import Layout, build_mesh, dp_coordinates
+from automodel.model import build_model, export_model
 from automodel.plugins import Plugins
 from automodel.signals import Preempted, StopFlag, clear_marker, write_marker
 from automodel.state import StepScheduler, TrainState
-from automodel.weights import materialize, unwrap
+from automodel.weights import unwrap
+
+#: Dense bf16 peak per device, for the MFU estimate (``peak_tflops:`` in the config overrides it).
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "B200": 2250.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
+NO_BAD_STEP = torch.iinfo(torch.int64).max
+
+
+def train(cfg: dict[str, Any], plugins: Plugins, layout: Layout | None = None) -> dict[str, Any]:
+    """Run one training job in this process (one rank of it). Returns the last metrics."""
+    return Trainer(cfg, plugins, layout).run()
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step leaves on the device (read on logging steps only: no per-step sync)."""
+
+    loss_sum: torch.Tensor
+    grad_norm: torch.Tensor
+    label_tokens: torch.Tensor
+    lr: float
+
+
+class Diverged(AutomodelError):
+    """The loss or the gradient norm became non-finite."""
+
+
+class HiddenStates:
+    """Captures the decoder's final hidden states so a fused loss never needs the logits."""
+
+    # logits_to_keep: one position (index 0), not zero: a zero-length slice breaks DTensor sharding
+    # propagation in a tensor-parallel (ColwiseParallel) lm_head. [batch, 1, vocab] costs nothing.
+    EMPTY = torch.zeros(1, dtype=torch.long)
+
+    def __init__(self, model: torch.nn.Module):
+        self.value: torch.Tensor | None = None
+        model.get_decoder().register_forward_hook(self._hook)
+
+    def _hook(self, module: Any, args: Any, output: Any) -> None:
+        self.value = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+
+class Trainer:
+    """One rank of a training run: everything is built in ``__init__``; :meth:`run` trains."""
+
+    def __init__(self, cfg: dict[str, Any], plugins: Plugins, layout: Layout | None = None):
+        if not os.environ.get("AUTOMODEL_VERBOSE"):
+            _quiet_libraries()
+        self.cfg, self.plugins = cfg, plugins
+        self.sched = StepScheduler(**cfg["step_scheduler"])
+        self.stop = StopFlag().install()  # SIGTERM/SIGUSR1: checkpoint at the next step boundary, exit 75
+        self.ctx = ctx = self._setup_processes(layout)
+        self.built = build_model(cfg, plugins, ctx, self.layout)
+        self.model = self.built.model.train()
+        self.hf_model = unwrap(self.model)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        ctx.print(f"model: {self.n_params / 1e6:.2f}M parameters, {sum(p.numel() for p in self.params) / 1e6:.2f}M "
+                  f"trainable, on {ctx.device}")
+        self.loss_fn = self._build("losses", cfg["loss"])
+        self.hidden = HiddenStates(self.hf_model) if member(self.loss_fn, Loss, "uses_hidden_states") else None
+        self._setup_data()
+        self.optimizer = self._build("optimizers", cfg["optimizer"], self.params)
+        self.lr_scheduler = self._build("lr_schedulers", cfg["lr_scheduler"], self.optimizer, total_steps=ctx.total_steps)
+        self.checkpointer = self._build("checkpointers", cfg["checkpoint"], ctx)
+        self.train_state = ctx.train_state = TrainState()
+        self.state = {"model": self.model, "optimizer": self.optimizer, "lr_scheduler": self.lr_scheduler,
+                      "train_state": self.train_state}
+        self.resumed = self.checkpointer.load(self.state)
+        self.last_saved: tuple[int, str | None] | None = None if self.resumed is None else (self.resumed, None)
+        if self.resumed is not None:
+            ctx.print(f"resumed from step {self.resumed}")
+            if self.resumed >= ctx.total_steps:
+                ctx.print(f"warning: the checkpoint is at step {self.resumed} and the run ends at step {ctx.total_steps}: "
+                          "nothing to train; raise step_scheduler.max_steps to continue, or use checkpoint.resume=never")
+        self.loggers = [self._build("loggers", spec, ctx) for spec in cfg["loggers"]] if ctx.is_main else []
+        if ctx.world_size > 1:  # what loggers stored in train_state.metadata (a run id) is saved by every rank
+            box = [self.train_state.metadata]
+            dist.broadcast_object_list(box, src=0)
+            self.train_state.metadata = box[0]
+        self.peak_flops = self._peak_flops()
+        self.first_bad_step = torch.full((), NO_BAD_STEP, dtype=torch.long, device=ctx.device)
+        self.finished = False
+
+    # -- setup ------------------------------------------------------------------------------------
+
+    def _build(self, kind: str, section: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        return config_mod.build_component(self.plugins, kind, section, *args, **kwargs)
+
+    def _setup_processes(self, layout: Layout | None) -> Context:
+        """Device, process group, layout and mesh; the Context every component sees."""
+        cfg = self.cfg
+        device = _device(cfg["device"], int(os.environ.get("LOCAL_RANK", 0)))
+        rank, world_size, local_rank = _init_distributed(device)
+        torch.manual_seed(cfg["seed"])
+        if layout is None or layout.plan is None or layout.plan.world_size != world_size:
+            layout = config_mod.validate(cfg, self.plugins, world_size=world_size).layout
+        self.layout = layout
+        mesh = build_mesh(layout.plan, device.type) if dist.is_initialized() else None
+        dp_rank, dp_size = dp_coordinates(mesh, layout.plan)
+        ctx = Context(
+            rank=rank, world_size=world_size, local_rank=local_rank, device=device, output_dir=Path(cfg["output_dir"]),
+            config=cfg, mesh=mesh, dp_rank=dp_rank, dp_size=dp_size, plugins=self.plugins,
+            meta_init=mesh is not None and any(member(p, Parallelizer, "meta_init") for p in layout.parallelizers),
+        )
+        if ctx.is_main:
+            ctx.output_dir.mkdir(parents=True, exist_ok=True)
+            saved = ctx.output_dir / "config.yaml"
+            if not saved.exists():  # `automodel run` saved it before launching; an API call has not
+                saved.write_text(config_mod.dump(cfg))
+            clear_marker(ctx.output_dir)
+            _print_components(ctx, cfg, self.plugins, layout)
+        return ctx
+
+    def _setup_data(self) -> None:
+        ctx, sched = self.ctx, self.sched
+        collate = Collator(self.built.tokenizer.pad_token_id)
+        train_data = self._build("datasets", self.cfg["dataset"], ctx, self.built.tokenizer)
+        self.data = TrainData(train_data, collate, sched.local_batch_size, ctx.dp_rank, ctx.dp_size, self.cfg["seed"])
+        self.accum = sched.grad_accum_steps(ctx.dp_size)
+        per_epoch = self.data.micro_batches_per_epoch()
+        steps_per_epoch = per_epoch // self.accum if per_epoch is not None else None
+        if steps_per_epoch == 0:
+            raise AutomodelError(
+                f"dataset: {len(train_data)} examples make no full step of {sched.global_batch_size} sequences "
+                f"(global_batch_size); lower step_scheduler.global_batch_size or add data"
+            )
+        if steps_per_epoch is None and sched.max_steps is None:
+            raise AutomodelError("dataset: a streaming dataset has no length; set step_scheduler.max_steps")
+        by_epochs = steps_per_epoch * sched.num_epochs if steps_per_epoch and sched.max_steps is None else sys.maxsize
+        ctx.total_steps = min(sched.max_steps or sys.maxsize, by_epochs)
+        self.val_data = self.val_loader = None
+        if self.cfg.get("validation_dataset"):
+            self.val_data = self._build("datasets", self.cfg["validation_dataset"], ctx, self.built.tokenizer)
+            if member(self.val_data, Dataset, "evaluate") is None:
+                self.val_loader = validation_loader(self.val_data, collate, sched.local_batch_size, ctx.dp_rank, ctx.dp_size)
+        size = f"{len(train_data)} examples, {steps_per_epoch} steps/epoch" if steps_per_epoch else "streaming"
+        ctx.print(
+            f"training {ctx.total_steps} step{'s' if ctx.total_steps != 1 else ''}: {sched.global_batch_size} sequences/step = "
+            f"{sched.local_batch_size} x {self.accum} accumulation x {ctx.dp_size} data-parallel; {size}"
+        )
+
+    def _peak_flops(self) -> float | None:
+        """Peak FLOP/s per device for MFU: ``peak_tflops`` from the config, else the GPU table."""
+        if self.cfg.get("peak_tflops"):
+            return float(self.cfg["peak_tflops"]) * 1e12
+        if self.ctx.device.type != "cuda":
+            return None
+        name = torch.cuda.get_device_name(self.ctx.device)
+        peak = next((tf * 1e12 for key, tf in PEAK_BF16_TFLOPS.items() if key in name), None)
+        if peak is None:
+            self.ctx.print(f"mfu: the peak FLOP/s of '{name}' is unknown, so MFU is not logged; "
+                           "set peak_tflops: <dense bf16 TFLOP/s of one device> in the config")
+        return peak
+
+    # -- one step ---------------------------------------------------------------------------------
+
+    def forward_backward(self, batch: dict[str, torch.Tensor], num_label_tokens: torch.Tensor) -> torch.Tensor:
+        """Loss of one micro-batch (normalized by the global label tokens), gradients accumulated."""
+        loss = self.forward(batch, num_label_tokens)
+        (loss * self.ctx.dp_size).backward()  # DDP / FSDP average over dp ranks; undo that
+        return loss.detach()
+
+    def forward(self, batch: dict[str, torch.Tensor], num_label_tokens: torch.Tensor) -> torch.Tensor:
+        batch = dict(batch)
+        labels = batch.pop("labels")
+        if self.hidden is not None:
+            self.model(**batch, use_cache=False, logits_to_keep=HiddenStates.EMPTY.to(self.ctx.device))
+            return self.loss_fn(labels=labels, num_label_tokens=num_label_tokens, hidden_states=self.hidden.value,
+                                lm_head_weight=self.hf_model.get_output_embeddings().weight)
+        logits = self.model(**batch, use_cache=False).logits
+        return self.loss_fn(labels=labels, num_label_tokens=num_label_tokens, logits=logits)
+
+    def train_step(self, micro: list[dict[str, torch.Tensor]]) -> StepResult:
+        """One optimizer step over ``micro`` (this rank's micro-batches of the global batch)."""
+        ctx = self.ctx
+        # Normalize by the label tokens of the whole global batch: same gradients for any split.
+        label_tokens = self._all_reduce(sum((b["labels"] != -100).sum() for b in micro)) // (ctx.world_size // ctx.dp_size)
+        num_label_tokens = label_tokens.clamp(min=1).to(torch.float32)
+        loss_sum = torch.zeros((), device=ctx.device)
+        for i, batch in enumerate(micro):
+            with _grad_sync(self.model, i == len(micro) - 1):
+                loss_sum += self.forward_backward(batch, num_label_tokens)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg["clip_grad_norm"] or float("inf"), foreach=True)
+        grad_norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        self.optimizer.step()
+        lr = self.lr_scheduler.get_last_lr()[0]  # the lr this step used
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.train_state.step += 1
+        # remember the first non-finite step on the device; read before saving and on logging steps
+        finite = torch.isfinite(loss_sum) & torch.isfinite(grad_norm.to(loss_sum.device))
+        bad_here = torch.where(finite, NO_BAD_STEP, self.train_state.step).to(self.first_bad_step.device)
+        torch.minimum(self.first_bad_step, bad_here, out=self.first_bad_step)
+        return StepResult(loss_sum, grad_norm, label_tokens, lr)
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        ctx, sched, total = self.ctx, self.sched, self.ctx.total_steps
+        self.plugins.hook.on_train_start(ctx=ctx, model=self.model)
+        batches = self.data.batches(self.train_state)  # resumes mid-epoch
+        metrics: dict[str, Any] = {}
+        self.window_tokens, self.window_start = torch.zeros((), dtype=torch.long), time.perf_counter()
+        try:
+            while self.train_state.step < total:
+                micro = [{k: v.to(ctx.device, non_blocking=True) for k, v in next(batches).items()} for _ in range(self.accum)]
+                self.window_tokens += sum(b["input_ids"].numel() for b in micro)
+                result = self.train_step(micro)
+                step = self.train_state.step
+                metrics = {"lr": result.lr}
+                if step % sched.log_every_steps == 0 or step == total:
+                    metrics.update(self.log(step, result))
+                self.plugins.hook.on_step_end(ctx=ctx, step=step, metrics=metrics)
+                if self.val_data is not None and sched.val_every_steps and (step % sched.val_every_steps == 0 or step == total):
+                    metrics.update(self.validate(step))
+                if sched.ckpt_every_steps and step % sched.ckpt_every_steps == 0 and step < total:
+                    self.save(step)
+                if step < total and self.stop.agreed(ctx.device, ctx.world_size > 1):
+                    self._stop_for_signal(step, metrics)
+            step = self.train_state.step
+            if member(self.checkpointer, Checkpointer, "save_final") and (self.last_saved or (None,))[0] != step:
+                self.save(step)
+            if member(self.checkpointer, Checkpointer, "export_hf"):
+                out = export_model(self.built, self.checkpointer, ctx, ctx.output_dir / "hf")
+                ctx.print(f"exported Hugging Face model to {out}")
+        except BaseException:
+            self._finish(metrics, teardown=False)
+            raise
+        self._finish(metrics)
+        return metrics
+
+    def log(self, step: int, result: StepResult) -> dict[str, Any]:
+        """Reduce, check and log one step's metrics (the only place that reads the loss on the host)."""
+        ctx = self.ctx
+        replicas = ctx.world_size // ctx.dp_size
+        elapsed = time.perf_counter() - self.window_start
+        tokens = int(self._all_reduce(self.window_tokens.to(ctx.device))) // replicas
+        self.train_state.tokens_seen += tokens
+        metrics = {
+            "loss": float(self._all_reduce(result.loss_sum)) / replicas, "grad_norm": float(result.grad_norm),
+            "lr": result.lr, "tokens_per_s": tokens / elapsed, "tokens_seen": self.train_state.tokens_seen,
+            "peak_mem_gb": _peak_memory_gb(ctx.device), "label_tokens": int(result.label_tokens),
+        }
+        if self.peak_flops:
+            metrics["mfu"] = 6 * self.n_params * metrics["tokens_per_s"] / (self.peak_flops * ctx.world_size)
+        self.check_finite(metrics)
+        for lg in self.loggers:
+            lg.log(metrics, step)
+        self.window_tokens.zero_()
+        self.window_start = time.perf_counter()
+        return metrics
+
+    def check_finite(self, metrics: dict[str, Any] | None = None) -> None:
+        """Stop with :class:`Diverged` if any step so far had a non-finite loss or grad norm (all ranks agree)."""
+        bad = self.first_bad_step.clone()
+        if self.ctx.world_size > 1:
+            dist.all_reduce(bad, op=dist.ReduceOp.MIN)
+        first = int(bad)
+        if first == NO_BAD_STEP:
+            return
+        now = f" (step {self.train_state.step}: loss {metrics['loss']}, grad norm {metrics['grad_norm']})" if metrics else ""
+        if first == 1:
+            advice = ("that was before any weight update, so the learning rate is not the cause: check the data "
+                      "(labels), the loss, model.dtype (float16 overflows) and the pretrained weights")
+        else:
+            advice = "lower optimizer.lr, keep clip_grad_norm on, or use model.dtype bfloat16/float32"
+        if self.last_saved:
+            saved = f"the last checkpoint (step {self.last_saved[0]}) precedes it; resume from it with a fix"
+        else:
+            saved = "no checkpoint was saved"
+        raise Diverged(f"training diverged: the loss or grad norm was first non-finite at step {first}{now}; "
+                       f"nothing more is saved, {saved}. {advice[0].upper()}{advice[1:]}")
+
+    @torch.no_grad()
+    def validate(self, step: int) -> dict[str, Any]:
+        """Validation metrics for ``step``, logged as their own record: the dataset's own ``evaluate``,
+        else the mean token loss over the validation set (all data-parallel ranks)."""
+        ctx = self.ctx
+        self.model.eval()
+        evaluate = member(self.val_data, Dataset, "evaluate")
+        if evaluate is not None:
+            metrics = dict(evaluate(self.model, ctx))
+        else:
+            total = torch.zeros(2, device=ctx.device)  # loss sum, label tokens
+            for i, batch in enumerate(self.val_loader):
+                if self.sched.val_max_batches is not None and i >= self.sched.val_max_batches:
+                    break
+                batch = {k: v.to(ctx.device) for k, v in batch.items()}
+                n = (batch["labels"] != -100).sum()
+                total += torch.stack([self.forward(batch, torch.ones((), device=ctx.device)), n.float()])
+            self._all_reduce(total)
+            replicas = ctx.world_size // ctx.dp_size
+            loss_sum, tokens = float(total[0]) / replicas, float(total[1]) / replicas
+            metrics = {"val_loss": loss_sum / max(tokens, 1.0), "val_tokens": int(tokens)}
+        self.model.train()
+        for lg in self.loggers:
+            lg.log(metrics, step)
+        self.plugins.hook.on_validation_end(ctx=self.ctx, step=step, metrics=metrics)
+        return metrics
+
+    def save(self, step: int) -> str:
+        """Checkpoint ``step`` unless a step so far diverged (then :class:`Diverged`: never saved, never latest)."""
+        self.check_finite()
+        path = str(self.checkpointer.save(self.state, step))
+        self.last_saved = (step, path)
+        self.plugins.hook.on_checkpoint_saved(ctx=self.ctx, step=step, path=path)
+        return path
+
+    def _stop_for_signal(self, step: int, metrics: dict[str, Any]) -> None:
+        """SIGTERM/SIGUSR1 seen by any rank: checkpoint (unless this step just was), then exit 75 everywhere."""
+        path = self.save(step) if (self.last_saved or (None,))[0] != step else self.last_saved[1]
+        where = f"checkpoint {path}" if path else f"the checkpoint of step {step}"
+        message = (f"received {self.stop.name}: stopped after step {step} with {where}; exiting with code "
+                   f"{REQUEUE_EXIT_CODE} (requeue); run again with checkpoint.resume=auto to continue")
+        if self.ctx.is_main:
+            write_marker(self.ctx.output_dir, {"step": step, "signal": self.stop.name, "checkpoint": path})
+        self.ctx.print(message)
+        self._finish(metrics)
+        raise Preempted(message, step, path)
+
+    def _finish(self, metrics: dict[str, Any], teardown: bool = True) -> None:
+        """End of a run (finished, stopped by a signal, or failed): hooks, loggers, signal handlers, and
+        (unless failing, when peers may not get here) the process group."""
+        if self.finished:
+            return
+        self.finished = True
+        try:
+            self.plugins.hook.on_train_end(ctx=self.ctx, metrics=metrics)
+        finally:
+            for lg in self.loggers:
+                lg.close()
+            self.stop.uninstall()
+        if teardown and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+    def _all_reduce(self, value: torch.Tensor) -> torch.Tensor:
+        if self.ctx.world_size > 1:
+            dist.all_reduce(value)
+        return value
+
 
 # --------------------------------------------------------------------------------------------------
-# Setup helpers
+# Helpers
 # --------------------------------------------------------------------------------------------------
 
 
@@ -54,51 +396,6 @@ def _init_distributed(device: torch.device) -> tuple[int, int, int]:
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
 
 
-class HiddenStates:
-    """Captures the decoder's final hidden states so a fused loss never needs the logits."""
-
-    # logits_to_keep: one position (index 0), not zero: a zero-length slice breaks DTensor sharding
-    # propagation in a tensor-parallel (ColwiseParallel) lm_head. [batch, 1, vocab] costs nothing.
-    EMPTY = torch.zeros(1, dtype=torch.long)
-
-    def __init__(self, model: torch.nn.Module):
-        self.value: torch.Tensor | None = None
-        model.get_decoder().register_forward_hook(self._hook)
-
-    def _hook(self, module: Any, args: Any, output: Any) -> None:
-        self.value = output[0] if isinstance(output, tuple) else output.last_hidden_state
-
-
-def _finish(ctx: Context, plugins: Plugins, loggers: list[Any], metrics: dict[str, Any], stop: StopFlag) -> None:
-    """End of a run, finished or stopped by a signal: hooks, loggers, signal handlers, process group."""
-    plugins.hook.on_train_end(ctx=ctx, metrics=metrics)
-    for lg in loggers:
-        lg.close()
-    stop.uninstall()
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def _stop_for_signal(stop: StopFlag, checkpointer: Any, state: dict[str, Any], step: int, ctx: Context,
-                     plugins: Plugins, loggers: list[Any], metrics: dict[str, Any]) -> NoReturn:
-    """SIGTERM/SIGUSR1 seen by any rank: checkpoint (unless this step just was), then exit 75 everywhere."""
-    if getattr(checkpointer, "last_saved", None) != step:
-        path: str | None = str(checkpointer.save(state, step))
-        plugins.hook.on_checkpoint_saved(ctx=ctx, step=step, path=path)
-    else:
-        path = str(checkpointer.dir / f"step_{step}") if hasattr(checkpointer, "dir") else None
-    message = (
-        f"received {stop.name}: stopped after step {step} with checkpoint {path}; exiting with code "
-        f"{REQUEUE_EXIT_CODE} (requeue); run again with checkpoint.resume=auto to continue"
-    )
-    if ctx.is_main:
-        write_marker(ctx.output_dir, {"step": step, "signal": stop.name, "checkpoint": path})
-    ctx.print(message)
-    _finish(ctx, plugins, loggers, metrics, stop)
-    raise Preempted(message, step, path)
-
-
 def _grad_sync(model: Any, enabled: bool) -> Any:
     """Skip gradient all-reduce on all but the last micro-batch (DDP no_sync / FSDP2 flag)."""
     if hasattr(model, "set_requires_gradient_sync"):
@@ -109,36 +406,10 @@ def _grad_sync(model: Any, enabled: bool) -> Any:
     return contextlib.nullcontext()
 
 
-def _all_reduce(value: torch.Tensor, ctx: Context) -> torch.Tensor:
-    if ctx.world_size > 1:
-        dist.all_reduce(value)
-    return value
-
-
-def _clip_grad_norm(params: list[torch.Tensor], max_norm: float | None) -> torch.Tensor:
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"), foreach=True)
-    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-
-
 def _peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB on Linux
-
-
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
-
-
-def _peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((tf * 1e12 for key, tf in PEAK_BF16_TFLOPS.items() if key in name), None)
-
-
-# --------------------------------------------------------------------------------------------------
-# The loop
-# --------------------------------------------------------------------------------------------------
 
 
 def _quiet_libraries() -> None:
@@ -153,229 +424,19 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message="torch.distributed is disabled")
 
 
-def train(cfg: dict[str, Any], plugins: Plugins) -> dict[str, Any]:
-    """Run one training job in this process (one rank of it). Returns the last logged metrics."""
-    if not os.environ.get("AUTOMODEL_VERBOSE"):
-        _quiet_libraries()
-    build = config_mod.build_component
-    sched = StepScheduler(**cfg["step_scheduler"])
-    stop = StopFlag().install()  # SIGTERM/SIGUSR1: checkpoint at the next step boundary, exit 75
-
-    # -- processes, devices, mesh ----------------------------------------------------------------
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = _device(cfg["device"], local_rank)
-    rank, world_size, local_rank = _init_distributed(device)
-    torch.manual_seed(cfg["seed"])
-
-    parallelizers = [build(plugins, "parallelizers", p) for p in cfg["parallel"]]
-    plan = plan_mesh([(f"parallel.{i}", p.dim, p.size) for i, p in enumerate(parallelizers)], world_size)
-    mesh = build_mesh(plan, device.type) if dist.is_initialized() else None
-    dp_rank, dp_size = dp_coordinates(mesh, plan)
-    ctx = Context(
-        rank=rank, world_size=world_size, local_rank=local_rank, device=device,
-        output_dir=Path(cfg["output_dir"]), config=cfg, mesh=mesh, dp_rank=dp_rank, dp_size=dp_size,
-        meta_init=mesh is not None and any(getattr(p, "meta_init", False) for p in parallelizers),
-        plugins=plugins,
-    )
-    if ctx.is_main:
-        ctx.output_dir.mkdir(parents=True, exist_ok=True)
-        (ctx.output_dir / "config.yaml").write_text(config_mod.dump(cfg))
-        clear_marker(ctx.output_dir)
-    _print_components(ctx, cfg, plugins, plan)
-
-    # -- model: load, transform, parallelize (innermost first), materialize ----------------------
-    model, tokenizer = build(plugins, "model_loaders", cfg["model"], ctx)
-    transforms = [build(plugins, "model_transforms", t) for t in cfg["transforms"]]
-    for t in transforms:
-        model = t.apply(model, ctx)
-    if mesh is not None:
-        for p in sorted(parallelizers, key=lambda p: -DIM_ORDER.index(p.dim)):
-            model = p.apply(model, mesh, ctx)
-    param_device = next((d for p in parallelizers if (d := member(p, Parallelizer, "param_device"))), None)
-    materialize(model, ctx, transforms, param_device)
-    model.train()
-    hf_model = unwrap(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    n_params = sum(p.numel() for p in model.parameters())
-    ctx.print(f"model: {n_params / 1e6:.2f}M parameters, {sum(p.numel() for p in params) / 1e6:.2f}M trainable, on {device}")
-
-    loss_fn = build(plugins, "losses", cfg["loss"])
-    hidden = HiddenStates(hf_model) if getattr(loss_fn, "uses_hidden_states", False) else None
-
-    # -- data -------------------------------------------------------------------------------------
-    collate = Collator(tokenizer.pad_token_id)
-    train_data = build(plugins, "datasets", cfg["dataset"], ctx, tokenizer)
-    data = TrainData(train_data, collate, sched.local_batch_size, dp_rank, dp_size, cfg["seed"])
-    accum = sched.grad_accum_steps(dp_size)
-    per_epoch = data.micro_batches_per_epoch()
-    steps_per_epoch = per_epoch // accum if per_epoch is not None else None
-    if steps_per_epoch == 0:
-        raise AutomodelError(
-            f"dataset: {len(train_data)} examples make no full step of {sched.global_batch_size} sequences "
-            f"(global_batch_size); lower step_scheduler.global_batch_size or add data"
-        )
-    epochs = sched.num_epochs if sched.max_steps is None else None
-    if steps_per_epoch is None and sched.max_steps is None:
-        raise AutomodelError("dataset: a streaming dataset has no length; set step_scheduler.max_steps")
-    total_steps = min(sched.max_steps or sys.maxsize, steps_per_epoch * epochs if epochs and steps_per_epoch else sys.maxsize)
-    ctx.total_steps = total_steps
-    val_loader = None
-    if cfg.get("validation_dataset"):
-        val_data = build(plugins, "datasets", cfg["validation_dataset"], ctx, tokenizer)
-        val_loader = validation_loader(val_data, collate, sched.local_batch_size, dp_rank, dp_size)
-
-    # -- optimizer, schedule, checkpoint, loggers ------------------------------------------------
-    optimizer = build(plugins, "optimizers", cfg["optimizer"], params)
-    lr_scheduler = build(plugins, "lr_schedulers", cfg["lr_scheduler"], optimizer, total_steps=total_steps)
-    checkpointer = build(plugins, "checkpointers", cfg["checkpoint"], ctx)
-    train_state = ctx.train_state = TrainState()
-    state = {"model": model, "optimizer": optimizer, "lr_scheduler": lr_scheduler, "train_state": train_state}
-    resumed = checkpointer.load(state)
-    if resumed is not None:
-        ctx.print(f"resumed from step {resumed}")
-        if resumed >= total_steps:
-            ctx.print(f"warning: the checkpoint is at step {resumed} and the run ends at step {total_steps}: nothing "
-                      "to train; raise step_scheduler.max_steps to continue, or use checkpoint.resume=never")
-    loggers = [build(plugins, "loggers", spec, ctx) for spec in cfg["loggers"]] if ctx.is_main else []
-    if world_size > 1:  # what loggers stored in train_state.metadata (a run id) is saved by every rank
-        box = [train_state.metadata]
-        dist.broadcast_object_list(box, src=0)
-        train_state.metadata = box[0]
-    ctx.print(
-        f"training {total_steps} step{'s' if total_steps != 1 else ''}: {sched.global_batch_size} sequences/step = {sched.local_batch_size} x "
-        f"{accum} accumulation x {dp_size} data-parallel; {len(train_data)} examples, {steps_per_epoch} steps/epoch"
-    )
-    plugins.hook.on_train_start(ctx=ctx, model=model)
-
-    def forward(batch: dict[str, torch.Tensor], num_label_tokens: torch.Tensor) -> torch.Tensor:
-        labels = batch.pop("labels")
-        if hidden is not None:
-            model(**batch, use_cache=False, logits_to_keep=HiddenStates.EMPTY.to(device))
-            return loss_fn(
-                labels=labels, num_label_tokens=num_label_tokens,
-                hidden_states=hidden.value, lm_head_weight=hf_model.get_output_embeddings().weight,
-            )
-        logits = model(**batch, use_cache=False).logits
-        return loss_fn(labels=labels, num_label_tokens=num_label_tokens, logits=logits)
-
-    # -- steps ------------------------------------------------------------------------------------
-    batches = data.batches(train_state)  # resumes mid-epoch
-    metrics: dict[str, Any] = {}
-    window_tokens, window_start = torch.zeros((), dtype=torch.long), time.perf_counter()
-    peak_flops = _peak_flops(device)
-    while train_state.step < total_steps:
-        micro = [{k: v.to(device, non_blocking=True) for k, v in next(batches).items()} for _ in range(accum)]
-        # Normalize by the label tokens of the whole global batch: same gradients for any split.
-        label_tokens = _all_reduce(sum((b["labels"] != -100).sum() for b in micro), ctx) // (world_size // dp_size)
-        num_label_tokens = label_tokens.clamp(min=1).to(torch.float32)
-        loss_sum = torch.zeros((), device=device)
-        for i, batch in enumerate(micro):
-            window_tokens += batch["input_ids"].numel()
-            with _grad_sync(model, i == accum - 1):
-                loss = forward(batch, num_label_tokens)
-                (loss * dp_size).backward()  # DDP / FSDP average over dp ranks; undo that
-            loss_sum += loss.detach()
-        grad_norm = _clip_grad_norm(params, cfg["clip_grad_norm"])
-        optimizer.step()
-        lr = lr_scheduler.get_last_lr()[0]  # the lr this step used
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        train_state.step += 1
-        step = train_state.step
-        metrics = {"lr": lr}
-
-        if step % sched.log_every_steps == 0 or step == total_steps:
-            elapsed = time.perf_counter() - window_start
-            tokens = int(_all_reduce(window_tokens.to(device), ctx)) // (world_size // dp_size)
-            tokens_per_s = tokens / elapsed
-            metrics.update(
-                loss=float(_all_reduce(loss_sum, ctx)) / (world_size // dp_size),
-                grad_norm=float(grad_norm), tokens_per_s=tokens_per_s, peak_mem_gb=_peak_memory_gb(device),
-                label_tokens=int(label_tokens),
-            )
-            if peak_flops:
-                metrics["mfu"] = 6 * n_params * tokens_per_s / (peak_flops * world_size)
-            if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):  # same on every rank: all stop
-                raise AutomodelError(
-                    f"training diverged at step {step}: loss {metrics['loss']}, grad norm {metrics['grad_norm']}; "
-                    f"nothing more is saved (checkpoints so far: {getattr(checkpointer, 'dir', 'none')}). "
-                    "Lower optimizer.lr, keep clip_grad_norm on, or use model.dtype bfloat16/float32"
-                )
-            train_state.tokens_seen += tokens
-            for lg in loggers:
-                lg.log(metrics, step)
-            window_tokens.zero_()
-            window_start = time.perf_counter()
-        plugins.hook.on_step_end(ctx=ctx, step=step, metrics=metrics)
-
-        if val_loader is not None and sched.val_every_steps and (step % sched.val_every_steps == 0 or step == total_steps):
-            val = evaluate(model, forward, val_loader, sched.val_max_batches, ctx)
-            for lg in loggers:
-                lg.log(val, step)
-            plugins.hook.on_validation_end(ctx=ctx, step=step, metrics=val)
-            metrics.update(val)
-
-        if sched.ckpt_every_steps and step % sched.ckpt_every_steps == 0 and step < total_steps:
-            path = checkpointer.save(state, step)
-            plugins.hook.on_checkpoint_saved(ctx=ctx, step=step, path=str(path))
-        if step < total_steps and stop.agreed(device, world_size > 1):
-            _stop_for_signal(stop, checkpointer, state, step, ctx, plugins, loggers, metrics)
-
-    # -- the end: final checkpoint, export --------------------------------------------------------
-    if getattr(checkpointer, "save_final", False) and getattr(checkpointer, "last_saved", resumed) != train_state.step:
-        path = checkpointer.save(state, train_state.step)
-        plugins.hook.on_checkpoint_saved(ctx=ctx, step=train_state.step, path=str(path))
-    if getattr(checkpointer, "export_hf", True):
-        export(model, tokenizer, transforms, checkpointer, ctx)
-    _finish(ctx, plugins, loggers, metrics, stop)
-    return metrics
-
-
-@torch.no_grad()
-def evaluate(model: Any, forward: Any, loader: Any, max_batches: int | None, ctx: Context) -> dict[str, Any]:
-    """Mean token loss over the validation set (all data-parallel ranks)."""
-    model.eval()
-    total = torch.zeros(2, device=ctx.device)  # loss sum, label tokens
-    for i, batch in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        batch = {k: v.to(ctx.device) for k, v in batch.items()}
-        n = (batch["labels"] != -100).sum()
-        total += torch.stack([forward(batch, torch.ones((), device=ctx.device)), n.float()])
-    model.train()
-    _all_reduce(total, ctx)
-    replicas = ctx.world_size // ctx.dp_size
-    loss_sum, tokens = float(total[0]) / replicas, float(total[1]) / replicas
-    return {"val_loss": loss_sum / max(tokens, 1.0), "val_tokens": int(tokens)}
-
-
-def export(model: Any, tokenizer: Any, transforms: list[Any], checkpointer: Any, ctx: Context) -> None:
-    """Write ``<output_dir>/hf``: a transform that knows better (LoRA adapters) exports itself."""
-    out = ctx.output_dir / "hf"
-    exporters = [t for t in transforms if hasattr(t, "export")]
-    if exporters:
-        for t in exporters:
-            t.export(model, tokenizer, out, ctx)
-    else:
-        checkpointer.export(model, tokenizer, out)
-    ctx.print(f"exported Hugging Face model to {out}")
-
-
-def _print_components(ctx: Context, cfg: dict[str, Any], plugins: Plugins, plan: Any) -> None:
+def _print_components(ctx: Context, cfg: dict[str, Any], plugins: Plugins, layout: Layout) -> None:
     """Log which plugin (name, version) provided each component the run uses."""
-    if not ctx.is_main:
-        return
     from automodel.config import SECTIONS, Component, ComponentList
+
     rows = []
     for key, spec in SECTIONS.items():
         if not isinstance(spec, (Component, ComponentList)) or not cfg.get(key):
             continue
-        items = cfg[key] if isinstance(spec, ComponentList) else [cfg[key]]
-        for item in items:
+        for item in cfg[key] if isinstance(spec, ComponentList) else [cfg[key]]:
             if "_target_" in item:
                 rows.append(f"{key}={item['_target_']} (_target_)")
             else:
                 rows.append(f"{key}={item['name']} ({plugins.provider_of(spec.kind, item['name'])})")
-    mesh = " x ".join(f"{d}={s}" for d, s in plan.sizes.items()) or "single process"
+    mesh = " x ".join(f"{d}={s}" for d, s in layout.plan.sizes.items()) or "single process"
     print(f"automodel: {ctx.world_size} process(es), mesh {mesh}", flush=True)
     print("components: " + ", ".join(rows), flush=True)

@@ -1,198 +1,34 @@
 """The ``default`` checkpointer: durable, resumable training state with torch.distributed.checkpoint
-(DCP), consolidated Hugging Face export with safetensors.
-
-Layout of ``checkpoint.dir`` (default ``<output_dir>/checkpoints``)::
-
-    latest                  "step_<N>": the newest complete checkpoint (written last, atomically)
-    step_<N>/
-      .metadata, *.distcp   DCP: model, optimizer (sharded as trained: resumable at any world size),
-                            lr_scheduler, train_state (step, epoch, data position) and other stateful items
-      rank_<r>.pt           per-rank state: random generators (python, numpy, torch, cuda)
-      config.yaml           the resolved config of the run that wrote it
-      meta.json             written last: step, world size, fingerprint, and every file with its size
-    .tmp-step_<N>/          a checkpoint being written (never resumed from; removed by the next save)
-
-A checkpoint is complete when ``step_<N>/meta.json`` exists and every file it lists has the recorded size.
-Writes go to ``.tmp-step_<N>``, are fsynced, and the directory is renamed to ``step_<N>`` before ``latest``
-moves: a process killed at any moment leaves at worst a temp dir, never a half-written ``step_<N>``.
+(DCP), consolidated Hugging Face export with safetensors. The directory layout and its verification
+are in :mod:`automodel.builtin.checkpoint_files`, the model fingerprint in
+:mod:`automodel.builtin.fingerprint`, the export in :mod:`automodel.builtin.hf_export`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
-import re
 import shutil
 import time
-import warnings
-import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from automodel.errors import AutomodelError
-
-LATEST = "latest"
-META = "meta.json"
-FORMAT = 1
-_STEP_DIR = re.compile(r"step_(\d+)")
-_TRAINING_ONLY_KEYS = {  # model config fields that do not change what the weights mean
-    "name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures", "use_cache",
-    "output_attentions", "output_hidden_states", "return_dict", "attn_implementation",
-}
-
-
-class CheckpointError(AutomodelError):
-    """A checkpoint cannot be used: missing, incomplete, or written by a different model."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Finding and verifying checkpoints (no torch needed)
-# --------------------------------------------------------------------------------------------------
-
-
-def step_of(path: str | os.PathLike[str]) -> int | None:
-    m = _STEP_DIR.fullmatch(Path(path).name)
-    return int(m.group(1)) if m else None
-
-
-def crc32(path: Path) -> int:
-    """CRC-32 of a file's bytes, read in 16 MiB blocks."""
-    value = 0
-    with path.open("rb") as f:
-        while block := f.read(16 << 20):
-            value = zlib.crc32(block, value)
-    return value
-
-
-def verify(path: str | os.PathLike[str], checksums: bool = False) -> str | None:
-    """Why the checkpoint at ``path`` is not complete, or None when it is. Sizes are always checked;
-    with ``checksums`` every file's CRC-32 too (reads the whole checkpoint: done for the one resumed)."""
-    path = Path(path)
-    meta_path = path / META
-    if not path.is_dir():
-        return "not a directory"
-    if not meta_path.is_file():
-        return f"no {META} (the save did not finish)"
-    try:
-        meta = json.loads(meta_path.read_text())
-        files = meta["files"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return f"unreadable {META}: {e}"
-    for name, size in files.items():
-        f = path / name
-        if not f.is_file():
-            return f"missing file {name}"
-        if f.stat().st_size != size:
-            return f"file {name} has {f.stat().st_size} bytes, expected {size} (truncated or corrupted)"
-    if ".metadata" not in files:
-        return "no DCP .metadata"
-    if checksums:
-        for name, expected in (meta.get("crc32") or {}).items():
-            if crc32(path / name) != expected:
-                return f"file {name} is damaged (its CRC-32 differs from the one recorded at save)"
-    return None
-
-
-def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
-    return json.loads((Path(path) / META).read_text())
-
-
-def candidates(directory: str | os.PathLike[str]) -> list[Path]:
-    """``step_<N>`` directories under ``directory``, newest first (complete or not)."""
-    directory = Path(directory)
-    found = [(s, p) for p in directory.glob("step_*") if (s := step_of(p)) is not None and p.is_dir()]
-    return [p for _, p in sorted(found, reverse=True)]
-
-
-def newest_complete(directory: str | os.PathLike[str], report: Any = None) -> Path | None:
-    """The newest complete checkpoint under ``directory``; incomplete ones are reported and skipped."""
-    for path in candidates(directory):
-        reason = verify(path, checksums=True)
-        if reason is None:
-            return path
-        if report:
-            report(f"checkpoint {path} is incomplete or corrupted ({reason}); trying the previous one")
-    return None
-
-
-def resolve(path: str | os.PathLike[str], report: Any = None) -> Path:
-    """A checkpoint from ``path``: a ``step_<N>`` directory, a checkpoint directory, or a run directory."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"checkpoint: {path} does not exist")
-    if (path / META).exists() or step_of(path) is not None:
-        reason = verify(path, checksums=True)
-        if reason:
-            raise CheckpointError(f"checkpoint: {path} is not usable: {reason}; pick another step_<N> directory")
-        return path
-    for directory in (path, path / "checkpoints"):
-        found = newest_complete(directory, report)
-        if found is not None:
-            return found
-    raise CheckpointError(
-        f"checkpoint: no complete checkpoint in {path}; give a step_<N> directory, its parent, or a run directory"
-    )
-
-
-# --------------------------------------------------------------------------------------------------
-# Fingerprint: refuse to resume a different model
-# --------------------------------------------------------------------------------------------------
-
-
-def model_identity(state: dict[str, Any], config: dict[str, Any], model_sd: dict[str, Any]) -> dict[str, Any]:
-    """What must match to resume: the architecture config, the transforms' names, every parameter's name and shape."""
-    from automodel.weights import unwrap
-
-    hf_config = getattr(unwrap(state["model"]), "config", None)
-    arch = hf_config.to_dict() if hasattr(hf_config, "to_dict") else {}
-    arch = {k: v for k, v in sorted(arch.items()) if k not in _TRAINING_ONLY_KEYS and not k.startswith("_")}
-    # the transforms by name (the plugin set that shapes the parameters); their settings may change on
-    # resume (LoRA dropout, say) unless they change a parameter shape, which ``shapes`` catches
-    transforms = [t.get("name", t.get("_target_")) for t in config.get("transforms") or []]
-    shapes = {k: list(v.shape) for k, v in sorted(model_sd.items()) if hasattr(v, "shape")}
-    return json.loads(json.dumps({"model": arch, "transforms": transforms, "shapes": shapes}, default=str))
-
-
-def fingerprint(identity: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _differences(saved: dict[str, Any], current: dict[str, Any], limit: int = 8) -> list[str]:
-    out = []
-    if saved.get("transforms") != current.get("transforms"):
-        out.append(f"transforms: checkpoint {saved.get('transforms')}, this run {current.get('transforms')}")
-    for key, label in (("model", "model config"), ("shapes", "parameter")):
-        a, b = saved.get(key, {}), current.get(key, {})
-        for name in sorted(set(a) | set(b)):
-            if a.get(name, "<absent>") != b.get(name, "<absent>"):
-                out.append(f"{label} {name}: checkpoint {a.get(name, '<absent>')}, this run {b.get(name, '<absent>')}")
-    return out[:limit] + ([f"... and {len(out) - limit} more"] if len(out) > limit else [])
-
-
-# --------------------------------------------------------------------------------------------------
-# The checkpointer
-# --------------------------------------------------------------------------------------------------
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync(path.parent)
+from automodel.builtin.checkpoint_files import (
+    FORMAT,
+    LATEST,
+    META,
+    CheckpointError,
+    candidates,
+    crc32,
+    fsync,
+    quiet_single_process,
+    resolve,
+    step_of,
+    verify,
+    write_atomic,
+)
+from automodel.builtin.fingerprint import check_identity, fingerprint, model_identity
+from automodel.builtin.hf_export import export_hf
 
 
 class Checkpointer:
@@ -222,7 +58,6 @@ class Checkpointer:
         self.resume = resume
         self.export_hf = export_hf
         self.save_final = save_final
-        self.last_saved: int | None = None
 
     @staticmethod
     def validate_args(args: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -300,7 +135,7 @@ class Checkpointer:
         self._barrier()
 
         sd = self._dcp_state(state)
-        with _quiet_single_process():
+        with quiet_single_process():
             dcp.save(sd, storage_writer=dcp.FileSystemWriter(str(tmp), sync_files=True))
         rank_file = tmp / f"rank_{ctx.rank}.pt"
         with rank_file.open("wb") as f:
@@ -313,7 +148,7 @@ class Checkpointer:
 
         if ctx.is_main:
             (tmp / "config.yaml").write_text(config_mod.dump(ctx.config))
-            _fsync(tmp / "config.yaml")
+            fsync(tmp / "config.yaml")
             identity = model_identity(state, ctx.config, sd["model"])
             files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
             checksums = {name: crc for part in crcs for name, crc in part.items()}
@@ -323,8 +158,8 @@ class Checkpointer:
                 "time": time.time(), "fingerprint": fingerprint(identity), "identity": identity, "files": files,
                 "crc32": checksums,
             }
-            _write_atomic(tmp / META, json.dumps(meta, indent=1))
-            _fsync(tmp)
+            write_atomic(tmp / META, json.dumps(meta, indent=1))
+            fsync(tmp)
             if final.exists():  # the same step saved again: swap it out without a window of nothing
                 trash = self.dir / f".trash-step_{step}"
                 shutil.rmtree(trash, ignore_errors=True)
@@ -333,13 +168,12 @@ class Checkpointer:
                 shutil.rmtree(trash, ignore_errors=True)
             else:
                 os.rename(tmp, final)
-            _fsync(self.dir)
-            _write_atomic(self.dir / LATEST, final.name + "\n")
+            fsync(self.dir)
+            write_atomic(self.dir / LATEST, final.name + "\n")
             self._prune(keep=final)
             size = sum(files.values())
             ctx.print(f"checkpoint: saved step {step} to {final} ({size / 2**20:.1f} MiB, {time.perf_counter() - start:.2f} s)")
         self._barrier()
-        self.last_saved = step
         return final
 
     def _prune(self, keep: Path) -> None:
@@ -400,18 +234,6 @@ class Checkpointer:
             raise chosen
         return [Path(p) for p in chosen]
 
-    def _check_identity(self, path: Path, state: dict[str, Any], model_sd: dict[str, Any]) -> dict[str, Any]:
-        meta = read_meta(path)
-        current = model_identity(state, self.ctx.config, model_sd)
-        if meta.get("fingerprint") != fingerprint(current):
-            lines = "\n".join(f"  - {d}" for d in _differences(meta.get("identity", {}), current))
-            raise CheckpointError(
-                f"checkpoint: {path} was written by a different model; refusing to resume from it:\n{lines}\n"
-                f"    -> resume with the original model config, or start fresh: checkpoint.resume=never "
-                f"(or another output_dir / checkpoint.dir)"
-            )
-        return meta
-
     def load(self, state: dict[str, Any]) -> int | None:
         """Restore ``state`` in place from the newest usable checkpoint; the step, or None to start fresh."""
         import torch
@@ -424,9 +246,14 @@ class Checkpointer:
         for i, path in enumerate(paths):
             start = time.perf_counter()
             sd = self._dcp_state(state)
-            meta = self._check_identity(path, state, sd["model"])
+            meta = check_identity(
+                path, state["model"], self.ctx.config, sd["model"],
+                f"checkpoint: {path} was written by a different model; refusing to resume from it",
+                "resume with the original model config, or start fresh: checkpoint.resume=never "
+                "(or another output_dir / checkpoint.dir)",
+            )
             try:
-                with _quiet_single_process():
+                with quiet_single_process():
                     dcp.load(sd, storage_reader=dcp.FileSystemReader(str(path)))
             except (Exception, dcp.api.CheckpointException) as e:  # a damaged checkpoint: fall back to the previous one
                 if self.resume != "auto" or i == len(paths) - 1:
@@ -446,141 +273,28 @@ class Checkpointer:
                     "process(es): model and optimizer are resharded; the data order continues where it stopped"
                 )
             step = int(meta["step"])
-            self.last_saved = step
             self.ctx.print(f"checkpoint: loaded step {step} from {path} ({time.perf_counter() - start:.2f} s)")
             return step
         return None
 
-    # -- export -----------------------------------------------------------------------------------
+    # -- export ---------------------------------------------------------------------------------------
+
+    def load_model(self, model: Any, path: str | os.PathLike[str]) -> int:
+        """Restore only the model weights from the checkpoint at ``path`` (a ``step_<N>`` directory, a
+        checkpoint directory or a run directory: its newest complete checkpoint); returns its step.
+        Used by ``automodel export``; the model must match the one that wrote the checkpoint."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+        found = resolve(path, report=self.ctx.print)
+        sd = get_model_state_dict(model)
+        meta = check_identity(found, model, self.ctx.config, sd,
+                              f"export: the model rebuilt from the config does not match the checkpoint {found}")
+        with quiet_single_process():
+            dcp.load({"model": sd}, storage_reader=dcp.FileSystemReader(str(found)))
+        set_model_state_dict(model, sd)
+        return int(meta["step"])
 
     def export(self, model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
-        """Consolidated safetensors (+ index) + config + tokenizer that ``from_pretrained`` loads as is.
-
-        Sharded (DTensor) weights are written by every rank through DCP's Hugging Face storage writer
-        and consolidated into full tensors file by file, without gathering the model on one rank.
-        """
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-        from automodel.weights import unwrap
-
-        out = Path(out_dir)
-        sd = get_model_state_dict(model)
-        sharded = any(type(v).__name__ == "DTensor" for v in sd.values())
-        if sharded:
-            # Tied weights (embed_tokens / lm_head) are one parameter under two names: write it once,
-            # under its first name, as save_pretrained does; from_pretrained ties it again.
-            seen: set[int] = set()
-            for name, p in unwrap(model).named_parameters(remove_duplicate=False):
-                if id(p) in seen:
-                    sd.pop(name, None)
-                seen.add(id(p))
-            export_sharded(sd, out, self.ctx)
-            if self.ctx.is_main:
-                unwrap(model).config.save_pretrained(out)
-                _save_generation_config(unwrap(model), out)
-                tokenizer.save_pretrained(out)
-        elif self.ctx.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            unwrap(model).save_pretrained(out, state_dict=sd, max_shard_size="2GB")
-            tokenizer.save_pretrained(out)
-            _ensure_index(out)
-        self._barrier()
-        return out
-
-
-def _ensure_index(out: Path) -> None:
-    """``model.safetensors.index.json`` also for a single-file export (tools that expect an index find one)."""
-    index, single = out / "model.safetensors.index.json", out / "model.safetensors"
-    if index.exists() or not single.exists():
-        return
-    from safetensors import safe_open
-
-    with safe_open(str(single), framework="pt") as f:
-        names = list(f.keys())
-    weight_map = {name: single.name for name in sorted(names)}
-    index.write_text(json.dumps({"metadata": {"total_size": single.stat().st_size}, "weight_map": weight_map}, indent=2))
-
-
-def _save_generation_config(model: Any, out: Path) -> None:
-    gen = getattr(model, "generation_config", None)
-    if gen is not None:
-        try:
-            gen.save_pretrained(out)
-        except Exception:  # noqa: BLE001 - an invalid generation config should not fail the export
-            pass
-
-
-def export_sharded(sd: dict[str, Any], out: Path, ctx: Any, shard_bytes: int = 2 * 2**30) -> None:
-    """DTensor state dict -> consolidated ``model-0000i-of-0000n.safetensors`` + index, via DCP."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import HuggingFaceStorageWriter
-
-    mapping, index, size = {}, 1, 0
-    for name, t in sd.items():
-        nbytes = t.numel() * t.element_size()
-        if size and size + nbytes > shard_bytes:
-            index, size = index + 1, 0
-        mapping[name], size = index, size + nbytes
-    writer = HuggingFaceStorageWriter(path=str(out), fqn_to_index_mapping=mapping, save_distributed=True, enable_consolidation=True)
-    dcp.save(sd, storage_writer=writer)
-    if ctx.is_main:
-        shutil.rmtree(out / "sharded", ignore_errors=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# ``automodel export CKPT OUT``
-# --------------------------------------------------------------------------------------------------
-
-
-def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                      plugin_modules: list[str] | tuple[str, ...] = (), extras: dict[str, Any] | None = None) -> Path:
-    """Write a Hugging Face model directory from a training checkpoint, in this process on CPU.
-
-    The model is rebuilt from the checkpoint's own ``config.yaml`` (model loader + transforms; the
-    tokenizer and base model paths it names must still exist), its weights are loaded from the DCP
-    state (any world size, sharded or not), and the run's export (a transform's, or safetensors) is written.
-    """
-    import torch.distributed.checkpoint as dcp
-    import yaml
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
-
-    from automodel import config as config_mod
-    from automodel.context import Context
-    from automodel.plugins import load_plugins
-
-    path = resolve(checkpoint, report=print)
-    cfg = yaml.safe_load((path / "config.yaml").read_text())
-    local = list(plugin_modules) + [m for m in cfg.get("plugins") or [] if isinstance(m, str)]
-    plugins = load_plugins(local)
-    plugins.raise_on_failures()
-    out = Path(out_dir)
-    ctx = Context(device="cpu", output_dir=out, config=cfg, plugins=plugins, extras=dict(extras or {}))  # e.g. export_merged (LoRA)
-    model, tokenizer = config_mod.build_component(plugins, "model_loaders", cfg["model"], ctx)
-    transforms = [config_mod.build_component(plugins, "model_transforms", t) for t in cfg.get("transforms") or []]
-    for t in transforms:
-        model = t.apply(model, ctx)
-
-    sd = get_model_state_dict(model)
-    current = model_identity({"model": model}, cfg, sd)
-    meta = read_meta(path)
-    if meta.get("fingerprint") != fingerprint(current):
-        lines = "\n".join(f"  - {d}" for d in _differences(meta.get("identity", {}), current))
-        raise CheckpointError(f"export: the model rebuilt from {path / 'config.yaml'} does not match the checkpoint:\n{lines}")
-    with _quiet_single_process():
-        dcp.load({"model": sd}, storage_reader=dcp.FileSystemReader(str(path)))
-    set_model_state_dict(model, sd)
-    exporters = [t for t in transforms if hasattr(t, "export")]
-    if exporters:
-        for t in exporters:
-            t.export(model, tokenizer, out, ctx)
-    else:
-        Checkpointer(ctx).export(model, tokenizer, out)
-    return out
-
-
-@contextlib.contextmanager
-def _quiet_single_process() -> Iterator[None]:
-    """Silence DCP's 'assuming the intent is to save/load in a single process' warning (that is the intent)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*assuming the intent is to")
-        yield
+        """Consolidated safetensors (+ index) + config + tokenizer that ``from_pretrained`` loads as is."""
+        return export_hf(model, tokenizer, out_dir, self.ctx)

@@ -28,7 +28,7 @@ class LocalLauncher:
         if self.nproc_per_node == 1:
             from automodel.train import train
 
-            train(job.config, job.plugins)
+            train(job.config, job.plugins, job.layout)
             return 0
         from automodel.signals import run_torchrun, torchrun_command
 

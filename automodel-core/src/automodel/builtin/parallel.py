@@ -9,6 +9,8 @@ class DDP:
     """Replicate the model on every rank of ``dp_replicate`` and all-reduce (average) gradients."""
 
     dim = "dp_replicate"
+    exclusive = ("DistributedDataParallel replicates a plain model and the others shard it; for data parallelism "
+                 "next to tp use {name: fsdp2}; to replicate across fsdp2 groups use {name: fsdp2_replicate}")
 
     def __init__(self, size: int | None = None, bucket_cap_mb: int = 25, find_unused_parameters: bool = False):
         self.size = size

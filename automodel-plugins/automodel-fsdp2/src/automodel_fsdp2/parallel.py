@@ -78,7 +78,7 @@ class FSDP2:
     def apply(self, model: Any, mesh: Any, ctx: Any) -> Any:
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-        dp_mesh = self._dp_mesh(mesh, ctx)
+        dp_mesh = self._dp_mesh(mesh)
         mp = MixedPrecisionPolicy(
             param_dtype=_dtype(self.param_dtype), reduce_dtype=_dtype(self.reduce_dtype),
             output_dtype=_dtype(self.output_dtype),
@@ -111,16 +111,9 @@ class FSDP2:
         )
         return model
 
-    def _dp_mesh(self, mesh: Any, ctx: Any) -> Any:
-        names = tuple(mesh.mesh_dim_names or ())
-        if "dp_replicate" not in names:
+    def _dp_mesh(self, mesh: Any) -> Any:
+        if "dp_replicate" not in tuple(mesh.mesh_dim_names or ()):
             return mesh["dp_shard"]
-        owners = [p.get("name") for p in (ctx.config or {}).get("parallel", [])]
-        if "ddp" in owners:
-            raise AutomodelError(
-                "parallel: 'ddp' cannot wrap a model sharded by 'fsdp2'; for HSDP (replicate across groups, "
-                "shard within) write parallel: [{name: fsdp2_replicate, size: N}, {name: fsdp2}]"
-            )
         return mesh["dp_replicate", "dp_shard"]  # HSDP: replicate on dim 0, shard on dim 1
 
 

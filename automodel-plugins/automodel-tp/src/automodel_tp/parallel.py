@@ -39,7 +39,6 @@ class TensorParallel:
         self.sequence_parallel = sequence_parallel
         self.loss_parallel = loss_parallel
         self.plan = dict(plan or {})
-        self.resolved: dict[str, str] = {}
 
     # -- before launch ------------------------------------------------------------------------------
 
@@ -69,12 +68,6 @@ class TensorParallel:
 
         from automodel_tp import plans
 
-        owners = [p.get("name") for p in (getattr(ctx, "config", None) or {}).get("parallel", [])]
-        if "ddp" in owners:
-            raise AutomodelError(
-                "parallel: 'ddp' cannot wrap a tensor-parallel model (DistributedDataParallel does not take the "
-                "DTensor parameters tp makes); use {name: fsdp2} for the data-parallel ranks instead"
-            )
         tp_mesh = mesh[self.dim]
         size = tp_mesh.size()
         hf = _base_model(model)
@@ -123,7 +116,6 @@ class TensorParallel:
             _retie(hf, lm_head, names.get(id(in_emb)))
         if self.sequence_parallel:
             _pad_sequence_to_multiple(hf, size)
-        self.resolved = plan
         if ctx.is_main:
             sp = ", sequence parallel" if self.sequence_parallel else ""
             lp = ", loss parallel" if self.loss_parallel else ""

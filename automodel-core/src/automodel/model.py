@@ -1,0 +1,88 @@
+"""Building the model of a run (loader -> transforms -> parallelizers -> weights) and exporting it.
+
+``automodel run`` and ``automodel export`` share both: a run's final export and an export from a
+checkpoint write the same thing, through the same transforms and the configured checkpointer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from automodel.config import build_component
+from automodel.context import Context
+from automodel.contracts import Checkpointer, Parallelizer, Transform, member
+from automodel.errors import AutomodelError
+from automodel.mesh import Layout
+from automodel.weights import materialize
+
+
+@dataclass
+class BuiltModel:
+    """The model (wrapped by its parallelizers), its tokenizer and the transforms applied to it."""
+
+    model: Any
+    tokenizer: Any
+    transforms: list[Any] = field(default_factory=list)
+
+
+def build_model(cfg: dict[str, Any], plugins: Any, ctx: Context, layout: Layout | None = None) -> BuiltModel:
+    """Load the model (on meta when ``ctx.meta_init``), apply the transforms in config order, then the
+    layout's parallelizers innermost first (when there is a mesh), then materialize and load weights."""
+    model, tokenizer = build_component(plugins, "model_loaders", cfg["model"], ctx)
+    transforms = [build_component(plugins, "model_transforms", t) for t in cfg.get("transforms") or []]
+    for t in transforms:
+        model = t.apply(model, ctx)
+    param_device = None
+    if layout is not None and ctx.mesh is not None:
+        for p in layout.innermost_first:
+            model = p.apply(model, ctx.mesh, ctx)
+        param_device = next((d for p in layout.parallelizers if (d := member(p, Parallelizer, "param_device"))), None)
+    materialize(model, ctx, transforms, param_device)
+    return BuiltModel(model, tokenizer, transforms)
+
+
+def export_model(built: BuiltModel, checkpointer: Any, ctx: Context, out_dir: str | os.PathLike[str]) -> Path:
+    """Write a Hugging Face model directory: a transform that knows better (LoRA: an adapter
+    directory) exports itself, otherwise the checkpointer writes full weights. Every rank calls it."""
+    out = Path(out_dir)
+    exporters = [e for t in built.transforms if (e := member(t, Transform, "export")) is not None]
+    for export in exporters:
+        export(built.model, built.tokenizer, out, ctx)
+    if not exporters:
+        checkpointer.export(built.model, built.tokenizer, out)
+    return out
+
+
+def find_config(checkpoint: Path) -> Path:
+    """The ``config.yaml`` that describes ``checkpoint``: its own, or the run directory's above it."""
+    for directory in (checkpoint, checkpoint.parent, checkpoint.parent.parent):
+        if (directory / "config.yaml").is_file():
+            return directory / "config.yaml"
+    raise AutomodelError(f"export: no config.yaml in or above {checkpoint}; give a step_<N> directory, a checkpoint "
+                         "directory or a run directory written by automodel run")
+
+
+def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+                      plugin_modules: list[str] | tuple[str, ...] = (), extras: dict[str, Any] | None = None) -> Path:
+    """``automodel export``: rebuild the model from the checkpoint's config (loader + transforms, on
+    CPU, in this process), restore its weights through the configured checkpointer's ``load_model``,
+    and export it like the end of a run. ``extras`` go to ``ctx.extras`` (``export_merged`` for LoRA)."""
+    from automodel.config import load_yaml
+    from automodel.plugins import load_plugins
+
+    path = Path(checkpoint).expanduser()
+    cfg = load_yaml(find_config(path))
+    plugins = load_plugins(list(plugin_modules) + [m for m in cfg.get("plugins") or [] if isinstance(m, str)])
+    plugins.raise_on_failures()
+    ctx = Context(device="cpu", output_dir=Path(out_dir), config=cfg, plugins=plugins, extras=dict(extras or {}))
+    built = build_model(cfg, plugins, ctx)
+    checkpointer = build_component(plugins, "checkpointers", cfg["checkpoint"], ctx)
+    load_model = member(checkpointer, Checkpointer, "load_model")
+    if load_model is None:
+        name = cfg["checkpoint"].get("name", cfg["checkpoint"].get("_target_"))
+        raise AutomodelError(f"export: the '{name}' checkpointer cannot restore a model from its checkpoints (no load_model)")
+    load_model(built.model, path)
+    return export_model(built, checkpointer, ctx, out_dir)
