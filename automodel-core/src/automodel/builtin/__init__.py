@@ -13,6 +13,12 @@ def register_model_loaders(register):
 
 
 @hookimpl
+def register_model_transforms(register):
+    register("activation_checkpointing", f"{_B}.transforms:ActivationCheckpointing",
+             description="recompute decoder-block activations in backward (any layout)")
+
+
+@hookimpl
 def register_datasets(register):
     register("instruction", f"{_B}.datasets:instruction", description="prompt/response pairs (json, jsonl, csv, parquet, hub)")
     register("chat", f"{_B}.datasets:chat", description="messages lists via the chat template, loss on assistant turns")

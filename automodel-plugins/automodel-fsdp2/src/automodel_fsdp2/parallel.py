@@ -9,9 +9,9 @@ slices of the safetensors files.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any, Literal
 
+from automodel.blocks import checkpoint_blocks, find_blocks
 from automodel.errors import AutomodelError
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -87,11 +87,9 @@ class FSDP2:
         if not self.cpu_offload and not any(p.is_meta for p in model.parameters()):
             model.to(ctx.device)
 
-        blocks = find_blocks(model, self.block_classes)
-        if self.activation_checkpointing:
-            checkpoint = _checkpoint_fn()
-            for block in blocks:
-                checkpoint(block)
+        blocks = find_blocks(model, self.block_classes, key="parallel.fsdp2.block_classes")
+        if self.activation_checkpointing:  # the same as transforms: [{name: activation_checkpointing}]
+            checkpoint_blocks(blocks)
         # Bottom-up: nested blocks (if any) before their parents, the root last. The last block is kept
         # gathered after forward because backward needs it at once.
         for i, block in enumerate(reversed(blocks)):
@@ -147,49 +145,3 @@ def _dtype(name: str | None) -> Any:
     import torch
 
     return getattr(torch, name) if name else None
-
-
-def _checkpoint_fn() -> Any:
-    """Composable activation checkpointing (keeps parameter names), else the module wrapper's function."""
-    try:
-        from torch.distributed._composable import checkpoint
-
-        return checkpoint
-    except ImportError:  # pragma: no cover - older torch
-        from functools import partial
-
-        from torch.utils.checkpoint import checkpoint as ckpt
-
-        def wrap(module: Any) -> None:
-            forward = module.forward
-            module.forward = partial(ckpt, forward, use_reentrant=False)
-
-        return wrap
-
-
-def block_class_names(model: Any) -> set[str]:
-    """``_no_split_modules`` of every Hugging Face (sub)model inside ``model`` (PEFT wrappers included)."""
-    names: set[str] = set()
-    for module in model.modules():
-        names.update(getattr(module, "_no_split_modules", None) or ())
-    return names
-
-
-def find_blocks(model: Any, class_names: Iterable[str] | None = None) -> list[Any]:
-    """The modules to shard one by one, outermost first (pre-order), the root excluded."""
-    import torch
-
-    names = set(class_names or ()) or block_class_names(model)
-    blocks = [m for m in model.modules() if m is not model and type(m).__name__ in names]
-    if class_names and not blocks:
-        found = sorted({type(m).__name__ for m in model.modules()})
-        raise AutomodelError(
-            f"parallel.fsdp2.block_classes: no module of class {sorted(names)} in the model; classes present: {', '.join(found)}"
-        )
-    if blocks:
-        return blocks
-    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0]
-    if not lists:
-        return []
-    largest = max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))
-    return list(largest)
