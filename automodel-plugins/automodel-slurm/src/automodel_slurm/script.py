@@ -1,6 +1,6 @@
 """Render the sbatch script of a job. Pure text: no Slurm needed, so ``dry_run`` works anywhere.
 
-Two ways to start the processes, chosen by :func:`plan`:
+Two ways to start the processes, chosen by :meth:`SlurmOptions.layout`:
 
 * ``torchrun``: ``srun`` starts one task per node, each running ``torchrun --nproc-per-node=P`` with a
   c10d rendezvous on the first node of the allocation (``scontrol show hostnames``).
@@ -18,8 +18,8 @@ means Slurm itself is ending the job (``scancel``, time limit, its own requeue o
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from automodel.launch import LAUNCHED_ENV, REQUEUE_EXIT_CODE
 from automodel.signals import MARKER
@@ -45,33 +45,93 @@ class Plan:
         return self.procs_per_node if self.mode == "srun" else 1
 
 
-def plan(
-    nodes: int = 1,
-    ntasks_per_node: int | None = None,
-    nproc_per_node: int | None = None,
-    gpus_per_node: int | None = None,
-    container_image: str | None = None,
-) -> Plan:
-    """Choose the layout from the config.
+@dataclass(eq=False)  # compared and hashed by identity, as launchers are
+class SlurmOptions:
+    """The ``launcher:`` section of the ``slurm`` launcher: these fields are its keys and types.
 
-    ``ntasks_per_node`` asks for one Slurm task per process; ``nproc_per_node`` for one torchrun per
-    node. With neither, there is one process per GPU (or one per node without GPUs): one task per
-    GPU inside a container (pyxis starts one container per task), one torchrun per node otherwise.
+    Args:
+        nodes: number of nodes.
+        ntasks_per_node: one Slurm task per training process, this many per node (``srun`` starts
+            them; ``RANK`` = ``SLURM_PROCID``). Exclusive with ``nproc_per_node``.
+        nproc_per_node: one ``torchrun`` per node starting this many processes (c10d rendezvous on
+            the first node).
+        gpus_per_node: GPUs to allocate per node (``--gpus-per-node``). Alone, it also sets the
+            processes per node: one task per GPU in a container, one torchrun per node otherwise.
+        cpus_per_task: CPUs per Slurm task (per process with ``ntasks_per_node``, per node with
+            torchrun).
+        mem: memory per node, Slurm syntax (``"64G"``).
+        partition, account, qos: as in ``sbatch``.
+        time: time limit, Slurm syntax as a *quoted* string (``"04:00:00"``, ``"1-00:00:00"``,
+            ``"30"`` minutes).
+        job_name: default ``automodel-<output_dir name>``.
+        container_image, container_mounts: run in a pyxis/enroot container
+            (``srun --container-image --container-mounts``; mounts are ``src:dst`` strings).
+        env: environment variables exported in the job (values are literal, not shell-expanded).
+        setup: shell lines run before training (``module load ...``, ``source venv/bin/activate``).
+        sbatch_args: extra ``#SBATCH`` options (``--exclusive``, ``--constraint=h100``); they come
+            last, so they override the rendered ones.
+        srun_args: extra ``srun`` options.
+        requeue: ``#SBATCH --requeue``, and requeue the job when training exits with the requeue
+            code (75) after checkpointing on a signal.
+        signal_grace: seconds before the time limit at which Slurm sends USR1 to the batch script
+            (``--signal=B:USR1@<grace>``); ``null`` for no signal. Must cover a step plus a checkpoint.
+        max_requeues: stop requeuing after this many restarts (``SLURM_RESTART_COUNT``).
+        log_dir: where the job log goes, default ``<output_dir>/slurm``.
+        workdir: the job's working directory (``--chdir``), default the current directory (it is put
+            on ``PYTHONPATH`` so local ``--plugin`` modules import on the nodes).
+        python: the interpreter on the compute nodes; default this one (``python`` in a container).
+        master_port: rendezvous port; default derived from the job id (20000-39999).
+        dry_run: print the script (written to ``<output_dir>/slurm/job.sbatch``), do not submit.
+        wait: after submitting, wait for the job to finish and exit with its exit code.
+        mode: ``auto`` (see :meth:`layout`), ``torchrun`` or ``srun``: override the choice of launch mode.
     """
-    if ntasks_per_node:
-        return Plan("srun", nodes, ntasks_per_node)
-    if nproc_per_node:
-        return Plan("torchrun", nodes, nproc_per_node)
-    procs = gpus_per_node or 1
-    if procs == 1 or container_image:
-        return Plan("srun", nodes, procs)
-    return Plan("torchrun", nodes, procs)
+
+    nodes: int = 1
+    ntasks_per_node: int | None = None
+    nproc_per_node: int | None = None
+    gpus_per_node: int | None = None
+    cpus_per_task: int | None = None
+    mem: str | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | int | None = None
+    job_name: str | None = None
+    container_image: str | None = None
+    container_mounts: list[str] | None = None
+    env: dict[str, Any] | None = None
+    setup: list[str] | None = None
+    sbatch_args: list[str] | None = None
+    srun_args: list[str] | None = None
+    requeue: bool = True
+    signal_grace: int | None = 120
+    max_requeues: int | None = None
+    log_dir: str | None = None
+    workdir: str | None = None
+    python: str | None = None
+    master_port: int | None = None
+    dry_run: bool = False
+    wait: bool = False
+    mode: Literal["auto", "torchrun", "srun"] = "auto"
+
+    def layout(self) -> Plan:
+        """``ntasks_per_node`` asks for one Slurm task per process; ``nproc_per_node`` for one torchrun per
+        node. With neither, there is one process per GPU (or one per node without GPUs): one task per
+        GPU inside a container (pyxis starts one container per task), one torchrun per node otherwise."""
+        procs = self.ntasks_per_node or self.nproc_per_node or self.gpus_per_node or 1
+        mode = self.mode
+        if mode == "auto":
+            by_gpu = not self.nproc_per_node and (procs == 1 or bool(self.container_image))
+            mode = "srun" if self.ntasks_per_node or by_gpu else "torchrun"
+        return Plan(mode, self.nodes, procs)
 
 
 @dataclass
 class ScriptSpec:
-    """Everything the script needs, already validated."""
+    """Everything the script needs, already validated: the options as configured, and what one job
+    resolves (the ``python``, ``workdir`` and ``job_name`` defaults, paths under ``output_dir``)."""
 
+    options: SlurmOptions
     plan: Plan
     worker_command: list[str]  # ["-m", "automodel", "run", "<saved config>", ...]
     python: str
@@ -80,76 +140,59 @@ class ScriptSpec:
     config_path: str
     output_dir: str
     job_name: str
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    time: str | None = None
-    gpus_per_node: int | None = None
-    cpus_per_task: int | None = None
-    mem: str | None = None
-    container_image: str | None = None
-    container_mounts: list[str] = field(default_factory=list)
-    env: dict[str, Any] = field(default_factory=dict)
-    setup: list[str] = field(default_factory=list)
-    sbatch_args: list[str] = field(default_factory=list)
-    srun_args: list[str] = field(default_factory=list)
-    requeue: bool = True
-    signal_grace: int | None = 120
-    max_requeues: int | None = None
-    master_port: int | None = None
     version: str = ""
+
+
+def strip_sbatch(arg: str) -> str:
+    """``"#SBATCH --exclusive"`` -> ``"--exclusive"`` (``sbatch_args`` may be copied from a script)."""
+    arg = arg.strip()
+    return arg[len("#SBATCH"):].strip() if arg.startswith("#SBATCH") else arg
 
 
 def _q(value: Any) -> str:
     return shlex.quote(str(value))
 
 
-def _env_value(value: Any) -> str:
-    if isinstance(value, bool):
-        value = int(value)
-    return _q(value)
-
-
 def sbatch_directives(spec: ScriptSpec) -> list[str]:
-    p = spec.plan
+    p, o = spec.plan, spec.options
     lines = [
         f"--job-name={spec.job_name}",
         f"--nodes={p.nodes}",
         f"--ntasks-per-node={p.tasks_per_node}",
     ]
-    if spec.cpus_per_task:
-        lines.append(f"--cpus-per-task={spec.cpus_per_task}")
-    if spec.gpus_per_node:
-        lines.append(f"--gpus-per-node={spec.gpus_per_node}")
-    if spec.mem:
-        lines.append(f"--mem={spec.mem}")
+    if o.cpus_per_task:
+        lines.append(f"--cpus-per-task={o.cpus_per_task}")
+    if o.gpus_per_node:
+        lines.append(f"--gpus-per-node={o.gpus_per_node}")
+    if o.mem:
+        lines.append(f"--mem={o.mem}")
     for key in ("partition", "account", "qos", "time"):
-        value = getattr(spec, key)
+        value = getattr(o, key)
         if value:
             lines.append(f"--{key}={value}")
     lines += [f"--output={spec.log_path}", "--open-mode=append", f"--chdir={spec.workdir}"]
-    lines.append("--requeue" if spec.requeue else "--no-requeue")
-    if spec.signal_grace is not None:
-        lines.append(f"--signal=B:USR1@{spec.signal_grace}")
-    lines += spec.sbatch_args
+    lines.append("--requeue" if o.requeue else "--no-requeue")
+    if o.signal_grace is not None:
+        lines.append(f"--signal=B:USR1@{o.signal_grace}")
+    lines += [strip_sbatch(a) for a in o.sbatch_args or []]
     return lines
 
 
 def srun_command(spec: ScriptSpec) -> list[str]:
     """The ``srun`` command as shell lines (already quoted): srun options, then what each task runs."""
-    p = spec.plan
+    p, o = spec.plan, spec.options
     srun = ["srun", "--kill-on-bad-exit=1", f"--nodes={p.nodes}", f"--ntasks-per-node={p.tasks_per_node}"]
-    if spec.cpus_per_task:  # Slurm 22.05-23.02 srun does not inherit it from sbatch
-        srun.append(f"--cpus-per-task={spec.cpus_per_task}")
+    if o.cpus_per_task:  # Slurm 22.05-23.02 srun does not inherit it from sbatch
+        srun.append(f"--cpus-per-task={o.cpus_per_task}")
     lines = [" ".join(srun)]
-    if spec.container_image:
-        container = [f"--container-image={_q(spec.container_image)}"]
-        if spec.container_mounts:
-            container.append(f"--container-mounts={_q(','.join(spec.container_mounts))}")
+    if o.container_image:
+        container = [f"--container-image={_q(o.container_image)}"]
+        if o.container_mounts:
+            container.append(f"--container-mounts={_q(','.join(o.container_mounts))}")
         container.append(f"--container-workdir={_q(spec.workdir)}")
         lines.append(" ".join(container))
-    if spec.srun_args:
-        lines.append(" ".join(_q(a) for a in spec.srun_args))
+    if o.srun_args:
+        lines.append(" ".join(_q(a) for a in o.srun_args))
     worker = " ".join([_q(spec.python)] + [_q(a) for a in spec.worker_command])
     if p.mode == "torchrun":
         lines.append(f"{_q(spec.python)} -m torch.distributed.run --nnodes={p.nodes} --nproc-per-node={p.procs_per_node}")
@@ -168,7 +211,7 @@ def srun_command(spec: ScriptSpec) -> list[str]:
 
 def render(spec: ScriptSpec) -> str:
     """The complete batch script."""
-    p = spec.plan
+    p, o = spec.plan, spec.options
     out = ["#!/bin/bash"]
     out += [f"#SBATCH {line}" for line in sbatch_directives(spec)]
     what = (f"{p.nodes} node(s) x {p.procs_per_node} process(es) = world size {p.world_size}, "
@@ -181,17 +224,17 @@ def render(spec: ScriptSpec) -> str:
         f"export {LAUNCHED_ENV}=1",
         f'export PYTHONPATH={_q(spec.workdir)}"${{PYTHONPATH:+:$PYTHONPATH}}"',
     ]
-    for key, value in spec.env.items():
-        out.append(f"export {key}={_env_value(value)}")
-    if spec.plan.mode == "torchrun":
+    for key, value in (o.env or {}).items():
+        out.append(f"export {key}={_q(int(value) if isinstance(value, bool) else value)}")  # true -> 1
+    if p.mode == "torchrun":
         out += [
             "# torchrun forwards these signals to its workers and waits for them before SIGKILL",
             f"export PET_SIGNALS_TO_HANDLE={TORCHRUN_SIGNALS}",
-            f"export PET_SHUTDOWN_TIMEOUT={spec.signal_grace or 30}",
+            f"export PET_SHUTDOWN_TIMEOUT={o.signal_grace or 30}",
         ]
-    if spec.setup:
-        out += ["", "# setup (launcher.setup)"] + list(spec.setup)
-    port = str(spec.master_port) if spec.master_port else "$((20000 + SLURM_JOB_ID % 20000))"
+    if o.setup:
+        out += ["", "# setup (launcher.setup)"] + o.setup
+    port = str(o.master_port) if o.master_port else "$((20000 + SLURM_JOB_ID % 20000))"
     out += [
         "",
         'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
@@ -224,11 +267,11 @@ def render(spec: ScriptSpec) -> str:
         "fi",
         "",
     ]
-    if spec.requeue:
+    if o.requeue:
         limit = ""
-        if spec.max_requeues is not None:
-            limit = (f'    if [ "${{SLURM_RESTART_COUNT:-0}}" -ge {spec.max_requeues} ]; then\n'
-                     f'        echo "automodel-slurm: not requeuing: already restarted {spec.max_requeues} time(s)'
+        if o.max_requeues is not None:
+            limit = (f'    if [ "${{SLURM_RESTART_COUNT:-0}}" -ge {o.max_requeues} ]; then\n'
+                     f'        echo "automodel-slurm: not requeuing: already restarted {o.max_requeues} time(s)'
                      ' (launcher.max_requeues)"; exit "$rc"\n'
                      "    fi\n")
         out += [
