@@ -28,7 +28,6 @@ from typing import Any, Literal
 from automodel.errors import AutomodelError
 
 FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-Truncation = Literal["truncate", "drop"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -220,7 +219,7 @@ def instruction(
     prompt_template: str = "{prompt}",
     split: str = "train",
     max_length: int = 512,
-    truncation: Truncation = "truncate",
+    truncation: Literal["truncate", "drop"] = "truncate",
     add_eos: bool = True,
     answer_only_loss: bool = True,
     packing: bool = False,
@@ -351,7 +350,7 @@ def squad(
     prompt_template: str = "Context: {context}\nQuestion: {question}\nAnswer: ",
     split: str = "train",
     max_length: int = 512,
-    truncation: Truncation = "truncate",
+    truncation: Literal["truncate", "drop"] = "truncate",
     add_eos: bool = True,
     packing: bool = False,
     streaming: bool = False,
@@ -485,7 +484,7 @@ def chat(
     train_on: Literal["assistant", "all"] = "assistant",
     split: str = "train",
     max_length: int = 512,
-    truncation: Truncation = "truncate",
+    truncation: Literal["truncate", "drop"] = "truncate",
     packing: bool = False,
     streaming: bool = False,
     num_proc: int | None = None,
