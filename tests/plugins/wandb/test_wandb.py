@@ -125,6 +125,7 @@ def test_exported_model_is_a_model_artifact(runs):
     assert (artifact.name, artifact.type) == (f"model-{run.run_id}", "model")
     assert {"config.json", "model.safetensors"} <= {e.path for e in artifact.manifest.contents}
     assert json.loads(artifact.metadata) == {"step": 4}
+    assert [e.exit_code for e in of_type(runs["a"], "exit")] == [0]
 
 
 def test_resume_continues_the_same_run(runs):
@@ -137,6 +138,25 @@ def test_resume_continues_the_same_run(runs):
     for record in runs["b_jsonl"]:
         step = record.pop("step")
         assert rows[step] == pytest.approx({**rows[step], **record}, rel=1e-12), step
+
+
+def test_a_run_closed_by_a_failure_is_marked_failed(tmp_path, monkeypatch, capsys):
+    """The loop closes loggers from its exception handler; no export happened, so no artifact either."""
+    from automodel.context import Context
+    from automodel_wandb.logger import WandbLogger
+
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var))
+    logger = WandbLogger(Context(output_dir=tmp_path, config={"seed": 1}), mode="offline", log_model=True)
+    logger.log({"loss": 2.5}, 1)
+    try:
+        raise RuntimeError("training diverged")
+    except RuntimeError:
+        logger.close()
+    recs = records(offline_run(tmp_path, 1))
+    assert [e.exit_code for e in of_type(recs, "exit")] == [1] and not of_type(recs, "artifact")
+    assert history(recs) == {1: {"loss": 2.5}}
+    assert "no model artifact" in capsys.readouterr().out
 
 
 def test_config_mistakes_are_reported_by_validate(tmp_path):

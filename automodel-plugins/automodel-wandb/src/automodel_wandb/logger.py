@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -80,4 +81,5 @@ class WandbLogger:
             self.run.log_artifact(artifact)
         elif self.log_model:
             print(f"wandb: log_model: {hf} was not exported by this run; no model artifact", flush=True)
-        self.run.finish()
+        # The loop closes loggers from its exception handler when training fails: mark the run failed.
+        self.run.finish(exit_code=1 if sys.exc_info()[0] is not None else 0)
