@@ -503,3 +503,18 @@ def load(
 
 def dump(cfg: dict[str, Any]) -> str:
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+
+
+def component_providers(cfg: dict[str, Any], plugins: Plugins) -> list[str]:
+    """``section=name (provider)`` for every component of a resolved config: which plugin (and
+    version) provides each one, as a run logs at start-up."""
+    rows = []
+    for key, spec in SECTIONS.items():
+        if not isinstance(spec, (Component, ComponentList)) or not cfg.get(key):
+            continue
+        for item in cfg[key] if isinstance(spec, ComponentList) else [cfg[key]]:
+            if "_target_" in item:
+                rows.append(f"{key}={item['_target_']} (_target_)")
+            else:
+                rows.append(f"{key}={item['name']} ({plugins.provider_of(spec.kind, item['name'])})")
+    return rows

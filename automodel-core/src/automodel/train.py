@@ -8,9 +8,7 @@ step) once per optimizer step, then logs, validates and checkpoints.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from automodel import config as config_mod
+from automodel import runtime
 from automodel.context import Context
 from automodel.contracts import Checkpointer, Dataset, Loss, Parallelizer, member
 from automodel.data import Collator, TrainData, validation_loader
@@ -77,7 +76,7 @@ class Trainer:
 
     def __init__(self, cfg: dict[str, Any], plugins: Plugins, layout: Layout | None = None):
         if not os.environ.get("AUTOMODEL_VERBOSE"):
-            _quiet_libraries()
+            runtime.quiet_libraries()
         self.cfg, self.plugins = cfg, plugins
         self.sched = StepScheduler(**cfg["step_scheduler"])
         self.stop = StopFlag().install()  # SIGTERM/SIGUSR1: checkpoint at the next step boundary, exit 75
@@ -113,6 +112,7 @@ class Trainer:
         self.peak_flops = self._peak_flops()
         self.first_bad_step = torch.full((), NO_BAD_STEP, dtype=torch.long, device=ctx.device)
         self.finished = False
+        self.window_tokens, self.window_start = torch.zeros((), dtype=torch.long), time.perf_counter()
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -122,8 +122,8 @@ class Trainer:
     def _setup_processes(self, layout: Layout | None) -> Context:
         """Device, process group, layout and mesh; the Context every component sees."""
         cfg = self.cfg
-        device = _device(cfg["device"], int(os.environ.get("LOCAL_RANK", 0)))
-        rank, world_size, local_rank = _init_distributed(device)
+        device = runtime.device(cfg["device"], int(os.environ.get("LOCAL_RANK", 0)))
+        rank, world_size, local_rank = runtime.init_distributed(device)
         torch.manual_seed(cfg["seed"])
         if layout is None or layout.plan is None or layout.plan.world_size != world_size:
             layout = config_mod.validate(cfg, self.plugins, world_size=world_size).layout
@@ -141,7 +141,9 @@ class Trainer:
             if not saved.exists():  # `automodel run` saved it before launching; an API call has not
                 saved.write_text(config_mod.dump(cfg))
             clear_marker(ctx.output_dir)
-            _print_components(ctx, cfg, self.plugins, layout)
+            mesh_text = " x ".join(f"{d}={n}" for d, n in layout.plan.sizes.items()) or "single process"
+            print(f"automodel: {ctx.world_size} process(es), mesh {mesh_text}", flush=True)
+            print("components: " + ", ".join(config_mod.component_providers(cfg, self.plugins)), flush=True)
         return ctx
 
     def _setup_data(self) -> None:
@@ -206,12 +208,13 @@ class Trainer:
     def train_step(self, micro: list[dict[str, torch.Tensor]]) -> StepResult:
         """One optimizer step over ``micro`` (this rank's micro-batches of the global batch)."""
         ctx = self.ctx
+        self.window_tokens += sum(b["input_ids"].numel() for b in micro)  # tokens/s of the logging window
         # Normalize by the label tokens of the whole global batch: same gradients for any split.
         label_tokens = self._all_reduce(sum((b["labels"] != -100).sum() for b in micro)) // (ctx.world_size // ctx.dp_size)
         num_label_tokens = label_tokens.clamp(min=1).to(torch.float32)
         loss_sum = torch.zeros((), device=ctx.device)
         for i, batch in enumerate(micro):
-            with _grad_sync(self.model, i == len(micro) - 1):
+            with runtime.grad_sync(self.model, i == len(micro) - 1):
                 loss_sum += self.forward_backward(batch, num_label_tokens)
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg["clip_grad_norm"] or float("inf"), foreach=True)
         grad_norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
@@ -233,11 +236,10 @@ class Trainer:
         self.plugins.hook.on_train_start(ctx=ctx, model=self.model)
         batches = self.data.batches(self.train_state)  # resumes mid-epoch
         metrics: dict[str, Any] = {}
-        self.window_tokens, self.window_start = torch.zeros((), dtype=torch.long), time.perf_counter()
+        self.window_start = time.perf_counter()
         try:
             while self.train_state.step < total:
                 micro = [{k: v.to(ctx.device, non_blocking=True) for k, v in next(batches).items()} for _ in range(self.accum)]
-                self.window_tokens += sum(b["input_ids"].numel() for b in micro)
                 result = self.train_step(micro)
                 step = self.train_state.step
                 metrics = {"lr": result.lr}
@@ -272,7 +274,7 @@ class Trainer:
         metrics = {
             "loss": float(self._all_reduce(result.loss_sum)) / replicas, "grad_norm": float(result.grad_norm),
             "lr": result.lr, "tokens_per_s": tokens / elapsed, "tokens_seen": self.train_state.tokens_seen,
-            "peak_mem_gb": _peak_memory_gb(ctx.device), "label_tokens": int(result.label_tokens),
+            "peak_mem_gb": runtime.peak_memory_gb(ctx.device), "label_tokens": int(result.label_tokens),
         }
         if self.peak_flops:
             metrics["mfu"] = 6 * self.n_params * metrics["tokens_per_s"] / (self.peak_flops * ctx.world_size)
@@ -298,11 +300,11 @@ class Trainer:
         else:
             advice = "lower optimizer.lr, keep clip_grad_norm on, or use model.dtype bfloat16/float32"
         if self.last_saved:
-            saved = f"the last checkpoint (step {self.last_saved[0]}) precedes it; resume from it with a fix"
+            saved = f"the last checkpoint (step {self.last_saved[0]}) precedes it: resume from it after the fix"
         else:
-            saved = "no checkpoint was saved"
-        raise Diverged(f"training diverged: the loss or grad norm was first non-finite at step {first}{now}; "
-                       f"nothing more is saved, {saved}. {advice[0].upper()}{advice[1:]}")
+            saved = "no checkpoint was saved before it"
+        raise Diverged(f"training diverged: the loss or grad norm was first non-finite at step {first}{now}. "
+                       f"Nothing more is saved; {saved}. To fix: {advice}")
 
     @torch.no_grad()
     def validate(self, step: int) -> dict[str, Any]:
@@ -371,72 +373,3 @@ class Trainer:
         if self.ctx.world_size > 1:
             dist.all_reduce(value)
         return value
-
-
-# --------------------------------------------------------------------------------------------------
-# Helpers
-# --------------------------------------------------------------------------------------------------
-
-
-def _device(choice: str, local_rank: int) -> torch.device:
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise AutomodelError("device: 'cuda' was requested but no CUDA device is available; use device: auto or cpu")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def _init_distributed(device: torch.device) -> tuple[int, int, int]:
-    """(rank, world_size, local_rank); starts the process group when launched by torchrun."""
-    if "RANK" not in os.environ:
-        return 0, 1, 0
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def _grad_sync(model: Any, enabled: bool) -> Any:
-    """Skip gradient all-reduce on all but the last micro-batch (DDP no_sync / FSDP2 flag)."""
-    if hasattr(model, "set_requires_gradient_sync"):
-        model.set_requires_gradient_sync(enabled)
-        return contextlib.nullcontext()
-    if not enabled and hasattr(model, "no_sync"):
-        return model.no_sync()
-    return contextlib.nullcontext()
-
-
-def _peak_memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB on Linux
-
-
-def _quiet_libraries() -> None:
-    """Our console logger reports progress; silence the libraries' bars and single-process DCP warning."""
-    import warnings
-
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-
-
-def _print_components(ctx: Context, cfg: dict[str, Any], plugins: Plugins, layout: Layout) -> None:
-    """Log which plugin (name, version) provided each component the run uses."""
-    from automodel.config import SECTIONS, Component, ComponentList
-
-    rows = []
-    for key, spec in SECTIONS.items():
-        if not isinstance(spec, (Component, ComponentList)) or not cfg.get(key):
-            continue
-        for item in cfg[key] if isinstance(spec, ComponentList) else [cfg[key]]:
-            if "_target_" in item:
-                rows.append(f"{key}={item['_target_']} (_target_)")
-            else:
-                rows.append(f"{key}={item['name']} ({plugins.provider_of(spec.kind, item['name'])})")
-    mesh = " x ".join(f"{d}={s}" for d, s in layout.plan.sizes.items()) or "single process"
-    print(f"automodel: {ctx.world_size} process(es), mesh {mesh}", flush=True)
-    print("components: " + ", ".join(rows), flush=True)

@@ -1,0 +1,59 @@
+"""Process-level helpers of the training loop: device, process group, gradient-sync control, memory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from automodel.errors import AutomodelError
+
+
+def device(choice: str, local_rank: int) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise AutomodelError("device: 'cuda' was requested but no CUDA device is available; use device: auto or cpu")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(device: torch.device) -> tuple[int, int, int]:
+    """(rank, world_size, local_rank); starts the process group when launched by torchrun."""
+    if "RANK" not in os.environ:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def grad_sync(model: Any, enabled: bool) -> Any:
+    """Skip gradient all-reduce on all but the last micro-batch (DDP no_sync / FSDP2 flag)."""
+    if hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(enabled)
+        return contextlib.nullcontext()
+    if not enabled and hasattr(model, "no_sync"):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB on Linux
+
+
+def quiet_libraries() -> None:
+    """Our console logger reports progress; silence the libraries' bars and single-process DCP warning."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
