@@ -59,7 +59,8 @@ def register_model_transforms(register: Register) -> None:
 
     A transform is called as ``factory(**cfg)`` and the object it returns must have
     ``apply(model, ctx) -> model``. Transforms run in config order, after the model is loaded and
-    before any parallelizer. A transform may also define ``export(model, tokenizer, out_dir, ctx)``
+    before any parallelizer (the contract: :class:`automodel.contracts.Transform`). The builtin
+    ``activation_checkpointing`` is one. A transform may also define ``export(model, tokenizer, out_dir, ctx)``
     (called on every rank at export; write only on ``ctx.is_main``) to change what the final export
     writes, for example a PEFT adapter directory instead of full weights.
 
@@ -90,8 +91,12 @@ def register_parallelizers(register: Register) -> None:
     * ``size``: its degree, or ``None`` to take the ranks the others leave (at most one may);
     * ``apply(model, mesh, ctx) -> model``: parallelize ``model`` over ``mesh[dim]``.
 
-    Optional attribute ``meta_init = True`` asks the loader to build the model on the meta device; the
-    loop then materializes and loads the weights after every parallelizer has run. Parallelizers are
+    Optional members (defaults in :class:`automodel.contracts.Parallelizer`): ``meta_init = True`` asks
+    the loader to build the model on the meta device, and the loop then materializes and loads the
+    weights (:mod:`automodel.weights`) after every parallelizer has run; ``param_device`` (``"cpu"``
+    for CPU offload) is where parameters get storage; ``exclusive`` (a reason) refuses any other
+    parallelizer next to this one, before launch; ``validate_model(model_cfg)`` checks the model
+    against the layout before launch. Parallelizers are
     applied innermost first: ``tp``, ``cp``, ``dp_shard``, ``dp_replicate``. Data-parallel
     parallelizers are expected to *average* gradients over their ranks (as DDP and FSDP do); the loop
     scales the loss so that the result is the gradient of the global-batch mean.
@@ -109,7 +114,11 @@ def register_datasets(register: Register) -> None:
 
     A dataset is called as ``factory(ctx, tokenizer, **cfg)`` and returns a map-style dataset
     (``__len__``/``__getitem__``) of dicts with ``input_ids`` (list of int) and ``labels`` (list of
-    int, same length, ``-100`` where no loss is taken, *not* shifted). The loop pads, shifts and batches.
+    int, same length, ``-100`` where no loss is taken, *not* shifted; optionally ``position_ids`` for
+    packed rows), or an ``IterableDataset`` for streaming. Add BOS yourself where the model expects it.
+    The loop pads, shifts and batches (:mod:`automodel.data`). A validation dataset may define
+    ``evaluate(model, ctx) -> metrics`` to compute its own metrics (accuracy). The contract:
+    :class:`automodel.contracts.Dataset`.
     """
 
 
@@ -159,7 +168,10 @@ def register_checkpointers(register: Register) -> None:
     return ``None`` to start fresh) and ``export(model, tokenizer, out_dir)`` (write consolidated
     Hugging Face weights). ``state`` is a dict of stateful objects: ``model``, ``optimizer``,
     ``lr_scheduler`` and ``train_state`` (step, epoch and the data position within the epoch, from
-    which the sampler resumes). Every method is called on every rank.
+    which the sampler resumes; ``metadata`` that plugins need on resume). Every method is called on every
+    rank. Optional members (:class:`automodel.contracts.Checkpointer`): ``save_final = True``,
+    ``export_hf = True``, and ``load_model(model, path) -> step`` (restore only the weights from a
+    checkpoint; ``automodel export`` needs it).
     """
 
 
@@ -171,6 +183,8 @@ def register_launchers(register: Register) -> None:
     ``job`` is an :class:`automodel.launch.Job`: the resolved, validated config, the path of its saved
     copy and the plugin modules to load. A launcher starts ``automodel run <saved config>`` wherever
     the work runs (with ``AUTOMODEL_LAUNCHED=1`` set, so that the worker trains instead of launching).
+    Optional (:class:`automodel.contracts.Launcher`): ``world_size`` (known before launch, so
+    ``validate`` checks mesh and batch sizes) and ``preview(job)`` (``automodel run --dry-run``).
     """
 
 
@@ -178,8 +192,12 @@ def register_launchers(register: Register) -> None:
 def register_loggers(register: Register) -> None:
     """Register metric loggers (``console``, ``jsonl`` builtin; ``wandb`` from a plugin).
 
-    Called as ``factory(ctx, **cfg)`` on the main rank only; the object returned has
-    ``log(metrics: dict, step: int)`` and ``close()``.
+    Called as ``factory(ctx, **cfg)`` on the main rank only, after a resume has restored
+    ``ctx.train_state``; the object returned has ``log(metrics: dict, step: int)`` and ``close()``
+    (also called when training fails). ``log`` receives training records (``loss``, ``grad_norm``,
+    ``lr``, ``tokens_per_s``, ``tokens_seen``, ``peak_mem_gb``, ``label_tokens``, ``mfu`` when the peak
+    FLOP/s is known) and, on validation steps, a separate validation-only record (``val_loss``,
+    ``val_tokens``, or a dataset's own ``evaluate`` metrics) for the same step.
     """
 
 
