@@ -1,0 +1,35 @@
+"""automodel-fp8: the ``fp8`` model transform (FP8 training of the model's linear layers).
+
+    transforms:
+      - {name: fp8, backend: torchao, recipe: tensorwise}
+
+Backends: ``torchao`` (``convert_to_float8_training``), ``transformer_engine`` (``te.Linear`` under
+FP8 autocast, GPU only) and ``torch`` (this package's ``Float8Linear`` on ``torch._scaled_mm``, no extra
+dependency). Registration only: nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from automodel import hookimpl
+
+__version__ = "0.1.0"
+
+
+@hookimpl
+def register_model_transforms(register):
+    register(
+        "fp8",
+        "automodel_fp8.transform:FP8",
+        description="FP8 training of linear layers (torchao, transformer_engine or torch._scaled_mm backends)",
+    )
+
+
+@hookimpl
+def on_step_end(ctx, step, metrics):
+    """torchao with FP8 all-gather under FSDP2: precompute the weights' FP8 scales for the next step in
+    one all-reduce (torchao's recommended ``precompute_float8_dynamic_scale_for_fsdp``)."""
+    model = (ctx.extras or {}).get("fp8_precompute_scales")
+    if model is not None:
+        from torchao.float8 import precompute_float8_dynamic_scale_for_fsdp
+
+        precompute_float8_dynamic_scale_for_fsdp(model)
