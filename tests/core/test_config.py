@@ -197,3 +197,41 @@ def test_override_that_is_broken_yaml_says_so():
         config.apply_overrides({}, ["parallel=[{name: fsdp2"])
     with pytest.raises(ConfigError, match="needs a key before"):
         config.apply_overrides({}, ["=3"])
+
+
+ALIAS_PLUGIN = '''
+from __future__ import annotations
+
+from typing import Literal
+
+from automodel import hookimpl
+
+Mode = Literal["fast", "slow"]
+
+
+class Logger:
+    def __init__(self, ctx, mode: Mode = "fast"):
+        self.mode = mode
+
+    def log(self, metrics, step):
+        pass
+
+    def close(self):
+        pass
+
+
+@hookimpl
+def register_loggers(register):
+    register("alias_logger", Logger)
+'''
+
+
+def test_annotations_resolve_in_the_factory_module(base, tmp_path, monkeypatch):
+    """A plugin's type alias (`Mode = Literal[...]` under `from __future__ import annotations`) is checked,
+    not silently taken as Any."""
+    (tmp_path / "alias_plugin.py").write_text(ALIAS_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins = load_plugins(["alias_plugin"], entry_points=False)
+    err = str(problems({**base, "loggers": [{"name": "alias_logger", "mode": "fsat"}]}, plugins))
+    assert "loggers.0.mode: expected one of 'fast', 'slow', got str 'fsat'" in err and "did you mean 'fast'?" in err
+    assert config.resolve({**base, "loggers": [{"name": "alias_logger", "mode": "slow"}]}, plugins)["loggers"][0]["mode"] == "slow"

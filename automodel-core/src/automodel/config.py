@@ -222,13 +222,22 @@ def m_is_env(text: str) -> bool:
 _NAMESPACE = {**vars(typing), "Path": Path, "NoneType": type(None)}
 
 
-def _annotation(raw: Any) -> Any:
+def _annotation(raw: Any, namespace: dict[str, Any] | None = None) -> Any:
+    """An annotation as an object: a string one (``from __future__ import annotations``) is evaluated
+    in the factory module's namespace (so aliases such as ``Mode = Literal[...]`` resolve); what does
+    not evaluate accepts anything."""
     if isinstance(raw, str):
         try:
-            return eval(raw, dict(_NAMESPACE))  # annotations of our own factories: simple types only
-        except Exception:
+            return eval(raw, {**_NAMESPACE, **(namespace or {})})
+        except Exception:  # noqa: BLE001 - e.g. a name only imported under TYPE_CHECKING
             return Any
     return raw
+
+
+def _factory_namespace(factory: Any) -> dict[str, Any]:
+    """The globals of the module that defines ``factory`` (a function, or a class's ``__init__``)."""
+    function = factory if inspect.isfunction(factory) else getattr(factory, "__init__", None)
+    return dict(getattr(function, "__globals__", None) or {})
 
 
 def type_ok(value: Any, ann: Any) -> bool:
@@ -306,7 +315,9 @@ def check_arguments(
     for name in supplied:
         params.pop(name, None)
     accepts_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
-    named = {n: p for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    namespace = _factory_namespace(factory)
+    named = {n: p.replace(annotation=_annotation(p.annotation, namespace))
+             for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
     problems = []
     for arg, value in args.items():
         param = named.get(arg)
