@@ -93,6 +93,8 @@ def test_plugins_table_and_json():
     data = json.loads(run_cli("plugins", "--json", env={"AUTOMODEL_LOAD_PLUGINS": ""}).stdout)
     assert [p["name"] for p in data] == ["builtin"]
     assert data[0]["registers"]["parallelizers"] == ["ddp"]
+    assert data[0]["descriptions"]["losses"]["masked_ce"] == "cross-entropy over label tokens"
+    assert "losses: masked_ce  cross-entropy over label tokens" in table
     check = run_cli("plugins", "--check", env={"AUTOMODEL_LOAD_PLUGINS": ""})
     assert "all plugins OK" in check.stdout
 
@@ -124,7 +126,7 @@ def test_divergence_stops_the_run_with_a_clear_error(tmp_path, tiny_model_dir):
     path = make_config(tmp_path, tiny_model_dir, step_scheduler={"global_batch_size": 8, "local_batch_size": 8, "max_steps": 20,
                                                                  "log_every_steps": 1})
     proc = run_cli("run", path, "optimizer.lr=1e30", "clip_grad_norm=null", cwd=tmp_path, check=False)
-    assert_clean_error(proc, "training diverged at step", "Lower optimizer.lr")
+    assert_clean_error(proc, "training diverged: the loss or grad norm was first non-finite at step", "lower optimizer.lr")
     assert not (tmp_path / "run" / "hf").exists()  # no export of broken weights
 
 

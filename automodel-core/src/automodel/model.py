@@ -72,7 +72,10 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
     and export it like the end of a run. ``extras`` go to ``ctx.extras`` (``export_merged`` for LoRA)."""
     from automodel.config import load_yaml
     from automodel.plugins import load_plugins
+    from automodel.runtime import quiet_libraries
 
+    if not os.environ.get("AUTOMODEL_VERBOSE"):
+        quiet_libraries()
     path = Path(checkpoint).expanduser()
     cfg = load_yaml(find_config(path))
     plugins = load_plugins(list(plugin_modules) + [m for m in cfg.get("plugins") or [] if isinstance(m, str)])

@@ -48,7 +48,10 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 def quiet_libraries() -> None:
-    """Our console logger reports progress; silence the libraries' bars and single-process DCP warning."""
+    """Our console logger reports progress: silence the libraries' progress bars, the single-process DCP
+    warning, and import-time noise of optional libraries that transformers pulls in (torchao's missing
+    CUDA kernels on a CPU machine, torch's pytree deprecation notes). ``AUTOMODEL_VERBOSE=1`` keeps them."""
+    import logging
     import warnings
 
     import datasets
@@ -57,3 +60,5 @@ def quiet_libraries() -> None:
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
