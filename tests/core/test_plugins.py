@@ -85,17 +85,111 @@ def test_duplicate_registration_names_both_plugins(tmp_path, third_party):
     assert "two plugins register the loss 'shouty_ce'" in proc.stderr and "acme-automodel 1.2.3" in proc.stderr and "rival" in proc.stderr
 
 
-def test_misspelled_hookimpl_is_an_error(tmp_path, monkeypatch):
-    (tmp_path / "typo_plugin.py").write_text(
-        "from automodel import hookimpl\n@hookimpl\ndef register_loss(register):\n    pass\n")
+def write_plugin(directory, name, body):
+    (directory / f"{name}.py").write_text("from automodel import hookimpl\n\n" + textwrap.dedent(body))
+
+
+def test_misspelled_hook_is_reported_with_did_you_mean(tmp_path, monkeypatch):
+    write_plugin(tmp_path, "typo_plugin", """
+        @hookimpl
+        def register_loss(register):
+            pass
+    """)
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(PluginError, match="register_loss"):
-        load_plugins(["typo_plugin"], entry_points=False)
+    loaded = load_plugins(["typo_plugin"], entry_points=False)
+    assert [i.name for i in loaded.failed] == ["typo_plugin"]
+    with pytest.raises(PluginError, match=r"register_loss\(\) is not an automodel hook; did you mean 'register_losses'\?"):
+        loaded.raise_on_failures()
+
+
+def test_wrong_hook_argument_lists_the_valid_ones_and_debug_shows_the_plugin(tmp_path, tiny_model_dir):
+    write_plugin(tmp_path, "badarg", """
+        @hookimpl
+        def register_losses(regster):
+            pass
+    """)
+    cfg = make_config(tmp_path, tiny_model_dir)
+    proc = run_cli("validate", cfg, "--plugin", "badarg", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert ("plugin 'badarg': hook register_losses(regster) takes no argument 'regster'; valid arguments: register"
+            in proc.stderr)
+    (tmp_path / "boom.py").write_text("def inner():\n    raise ValueError('boom in the plugin')\n\ninner()\n")
+    proc = run_cli("--debug", "validate", cfg, "--plugin", "boom", cwd=tmp_path, check=False)
+    assert proc.returncode == 2  # still a user error with --debug, now with the plugin's own traceback
+    assert 'boom.py", line 2, in inner' in proc.stderr and "Error importing plugin 'boom'" in proc.stderr
+
+
+def test_duplicate_in_one_plugin_and_clash_with_a_builtin(tmp_path, monkeypatch):
+    write_plugin(tmp_path, "zoo", """
+        @hookimpl
+        def register_losses(register):
+            register("x", "zoo:A")
+            register("x", "zoo:B")
+    """)
+    write_plugin(tmp_path, "shadow", """
+        @hookimpl
+        def register_losses(register):
+            register("masked_ce", "shadow:A")
+    """)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match="plugin 'zoo' registers the loss 'x' twice"):
+        load_plugins(["zoo"], entry_points=False)
+    with pytest.raises(PluginError) as e:
+        load_plugins(["shadow"], entry_points=False)
+    assert "a name the builtins already use: rename the plugin's loss" in str(e.value) and "uninstall" not in str(e.value).lower()
+
+
+def test_entry_point_to_a_missing_module_names_the_entry_point(tmp_path):
+    site = tmp_path / "site"
+    info = site / "ghost_pkg-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ghost-pkg\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[automodel]\nghost = ghost_pkg.plugin\n")
+    proc = run_cli("plugins", "--check", env={"PYTHONPATH": str(site), "AUTOMODEL_LOAD_PLUGINS": "ghost"}, check=False)
+    assert proc.returncode == 2
+    assert ("entry point 'ghost = ghost_pkg.plugin' (ghost-pkg 1.0): module 'ghost_pkg.plugin' not found; "
+            "reinstall ghost-pkg or uninstall it") in proc.stdout
+
+
+def test_check_flags_signatures_that_do_not_fit_and_undecorated_hooks(tmp_path):
+    write_plugin(tmp_path, "sloppy", """
+        def register_losses(register):
+            pass
+
+        def on_step_ends(ctx, step):
+            pass
+
+        @hookimpl
+        def register_loggers(register):
+            register("nolog", "sloppy:Logger", description="a logger that forgot ctx")
+
+        class Logger:
+            def __init__(self, project: str = "demo", **options):
+                pass
+
+            def log(self, metrics, step):
+                pass
+    """)
+    proc = run_cli("plugins", "--check", "--plugin", "sloppy", cwd=tmp_path, env={"AUTOMODEL_LOAD_PLUGINS": ""}, check=False)
+    assert proc.returncode == 2
+    out = proc.stdout
+    assert "nolog  a logger that forgot ctx" in out  # description shown
+    assert "the core calls it as factory(ctx, **cfg); 'project' (a config key with a default) would receive ctx" in out
+    assert "a logger must have close" in out
+    assert "register_losses() looks like a hook but has no @hookimpl" in out
+    assert "on_step_ends() has no @hookimpl and is not a hook name: did you mean @automodel.hookimpl def on_step_end" in out
+    assert "warning: sloppy: logger 'nolog'" in out and "takes **options" in out
+    # and a run stops at validation with the same reason, not after the model is loaded
+    cfg = make_config(tmp_path, None, loggers=[{"name": "nolog"}])
+    proc = run_cli("validate", cfg, "--plugin", "sloppy", cwd=tmp_path, env={"AUTOMODEL_LOAD_PLUGINS": ""}, check=False)
+    assert proc.returncode == 2 and "'project' (a config key with a default) would receive ctx" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_trace_prints_hook_calls(tmp_path, tiny_model_dir):
     cfg = make_config(tmp_path, tiny_model_dir, step_scheduler={"global_batch_size": 4, "local_batch_size": 4, "max_steps": 1})
     proc = run_cli("run", cfg, cwd=tmp_path, env={"AUTOMODEL_TRACE_PLUGINS": "1", "AUTOMODEL_LOAD_PLUGINS": ""})
+    assert "[automodel trace] register_losses(register) -> ['builtin']" in proc.stderr
     assert "[automodel trace] on_train_start(ctx, model)" in proc.stderr
     assert "[automodel trace] on_step_end(ctx, step, metrics)" in proc.stderr
 

@@ -11,7 +11,7 @@ from automodel.registry import Entry, Registry, import_target
 def test_builtins_register_every_builtin_component():
     registry = load_plugins(entry_points=False).registry
     assert registry.names("model_loaders") == ["hf"]
-    assert set(registry.names("datasets")) == {"instruction", "mock"}
+    assert set(registry.names("datasets")) == {"instruction", "chat", "squad", "hellaswag", "mock"}
     assert registry.names("losses") == ["masked_ce"]
     assert registry.names("parallelizers") == ["ddp"]
     assert set(registry.names("loggers")) == {"console", "jsonl"}

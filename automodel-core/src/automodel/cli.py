@@ -132,52 +132,102 @@ def validate(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--check", is_flag=True, help="Also import every registered component and check plugin requirements.")
+@click.option("--check", is_flag=True, help="Also import every registered component, check its signature against its "
+              "kind, look for hook functions without @hookimpl, and check plugin requirements.")
 @plugin_option
 def plugins(as_json: bool, check: bool, plugin_modules: tuple[str, ...]) -> None:
-    """List plugins, their versions and what they register."""
-    from automodel.contracts import PluginModule, member
+    """List plugins, their versions and what they register (with each component's description)."""
     from automodel.plugins import load_plugins
 
     loaded = load_plugins(plugin_modules)
-    problems: list[str] = []
-    if check:
-        for entry in loaded.registry.entries():
-            try:
-                entry.resolve()
-            except AutomodelError as e:
-                problems.append(f"{entry.plugin}: {e}")
-        problems += core_version_problems(loaded.infos)
-        for info in loaded.infos:
-            plugin = loaded.pm.get_plugin(info.name)
-            doctor = member(plugin, PluginModule, "check_requirements")
-            if doctor is not None:
-                problems += [f"{info.name}: {msg}" for msg in doctor() or []]
-        problems += [f"{i.name}: failed to import: {i.error}" for i in loaded.failed]
+    problems, warnings = _doctor(loaded) if check else ([], [])
     if as_json:
         data = [
             {
                 "name": i.name, "module": i.module, "source": i.source, "distribution": i.dist,
                 "version": i.version, "error": i.error, "registers": i.registers, "hooks": i.hooks,
+                "descriptions": i.descriptions,
             }
             for i in loaded.infos
         ]
-        click.echo(json.dumps({"plugins": data, "problems": problems} if check else data, indent=2))
+        click.echo(json.dumps({"plugins": data, "problems": problems, "warnings": warnings} if check else data, indent=2))
     else:
         for i in loaded.infos:
-            version = f"{i.dist} {i.version}" if i.dist else i.source
-            click.echo(f"{i.name}  ({version}, {i.source})")
+            click.echo(f"{i.name}  ({i.label}, {i.source})")
             if i.error:
-                click.echo(f"    FAILED TO IMPORT: {i.error}")
+                click.echo(f"    FAILED: {i.error}")
             for kind, names in i.registers.items():
-                click.echo(f"    {kind}: {', '.join(names)}")
+                described = i.descriptions.get(kind, {})
+                if not described:
+                    click.echo(f"    {kind}: {', '.join(names)}")
+                    continue
+                width = max(map(len, names))
+                for n, name in enumerate(names):
+                    head = f"    {kind}: " if n == 0 else " " * (len(kind) + 6)
+                    text = described.get(name)
+                    click.echo(f"{head}{name.ljust(width)}  {text}".rstrip() if text else f"{head}{name}")
             lifecycle = [h for h in i.hooks if h.startswith("on_") or h == "register_commands"]
             if lifecycle:
                 click.echo(f"    hooks: {', '.join(lifecycle)}")
         if check:
-            click.echo("\n" + ("\n".join(f"problem: {p}" for p in problems) if problems else "all plugins OK"))
+            lines = [f"warning: {w}" for w in warnings] + [f"problem: {p}" for p in problems]
+            click.echo("\n" + "\n".join(lines + ([] if problems else ["all plugins OK"])))
     if check and problems:
         sys.exit(2)
+
+
+def _doctor(loaded: Any) -> tuple[list[str], list[str]]:
+    """``plugins --check``: (problems, warnings) of every loaded plugin."""
+    from automodel.contracts import PluginModule, member
+    from automodel.errors import PluginError
+    from automodel.plugins import unmarked_hooks
+    from automodel.registry import KINDS, signature_problems
+
+    problems: list[str] = []
+    warnings: list[str] = []
+    for entry in loaded.registry.entries():
+        try:
+            entry.resolve()  # imports it and checks its signature against its kind
+        except AutomodelError as e:
+            problems.append(str(e) if str(e).startswith(entry.provider) else f"{entry.plugin}: {e}")
+        if callable(entry.target):
+            warnings += [f"{entry.plugin}: {KINDS[entry.kind][1]} '{entry.name}': {w}"
+                         for w in signature_problems(entry.kind, entry.target)[1]]
+    problems += core_version_problems(loaded.infos)
+    for info in loaded.infos:
+        plugin = loaded.pm.get_plugin(info.name)
+        if plugin is None:
+            continue
+        problems += [f"{info.name}: {msg}" for msg in unmarked_hooks(plugin)]
+        doctor = member(plugin, PluginModule, "check_requirements")
+        if doctor is not None:
+            problems += [f"{info.name}: {msg}" for msg in doctor() or []]
+    problems += [i.error if isinstance(i.exception, PluginError) else f"{i.name}: failed to import: {i.error}"
+                 for i in loaded.failed]
+    return problems, warnings
+
+
+@cli.command(name="new-plugin")
+@click.argument("name")
+@click.option("--kind", "kinds", multiple=True, metavar="KIND",
+              help="What the plugin provides (repeatable): " + ", ".join(
+                  ["loss", "dataset", "transform", "parallelizer", "optimizer", "lr_scheduler", "checkpointer",
+                   "launcher", "logger", "model_loader", "hook", "command"]) + ". Default: loss.")
+@click.option("--dir", "directory", default=".", type=click.Path(file_okay=False), show_default=True,
+              help="Where to create the package directory automodel-NAME/.")
+def new_plugin(name: str, kinds: tuple[str, ...], directory: str) -> None:
+    """Create a ready plugin package automodel-NAME/: pyproject with the entry point, stubs with each
+    kind's call signature, README and tests that use automodel.testing.check_plugin.
+
+    \b
+    automodel new-plugin focal --kind loss
+    pip install -e ./automodel-focal && automodel plugins && pytest automodel-focal
+    """
+    from automodel.scaffold import create
+
+    out = create(name, list(kinds) or ["loss"], Path(directory))
+    click.echo(f"created {out}")
+    click.echo(f"next: pip install -e {out} && automodel plugins --check && pytest {out}")
 
 
 @cli.command(name="export")
@@ -240,8 +290,11 @@ def _main(args: list[str], debug: bool) -> None:
         click.echo("aborted", err=True)
         sys.exit(130)
     except AutomodelError as e:
-        if debug:
-            raise
+        if debug:  # the full chain: a plugin's own exception and where it was raised come first
+            import traceback
+
+            traceback.print_exc()
+            sys.exit(e.exit_code)
         click.echo(f"error: {e}", err=True)
         click.echo("(run with --debug for the full traceback)", err=True)
         sys.exit(e.exit_code)

@@ -7,6 +7,7 @@ registry never imports torch.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,7 @@ class Entry:
     dist: str | None = None
     version: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    checked: bool = field(default=False, repr=False)
 
     @property
     def provider(self) -> str:
@@ -60,9 +62,16 @@ class Entry:
         return self.plugin
 
     def resolve(self) -> Callable[..., Any]:
-        """Import (once) and return the factory."""
+        """Import (once) and return the factory; a factory whose signature does not fit its kind (see
+        :func:`signature_problems`) is a :class:`PluginError` here, before anything is built."""
         if isinstance(self.target, str):
-            self.target = import_target(self.target, what=f"{self.kind[:-1]} '{self.name}'")
+            self.target = import_target(self.target, what=f"{KINDS[self.kind][1]} '{self.name}'")
+        if not self.checked:
+            problems, _ = signature_problems(self.kind, self.target)
+            if problems:
+                where = f"{self.provider}: {KINDS[self.kind][1]} '{self.name}': "
+                raise PluginError(where + "\n    ".join(problems))
+            self.checked = True
         return self.target
 
 
@@ -90,6 +99,21 @@ def import_target(path: str, what: str = "target") -> Any:
     return obj
 
 
+def duplicate_message(first: Entry, second: Entry) -> str:
+    """Why ``second`` cannot register its name, and what its author should do."""
+    noun, name = KINDS[second.kind][1], second.name
+    who = f"plugin '{second.plugin}'" + (f" ({second.provider})" if second.dist else "")
+    if first.plugin == second.plugin:
+        return (f"{who} registers the {noun} '{name}' twice "
+                f"({first.target!r} and {second.target!r}): remove one register() call or rename one")
+    if first.plugin == "builtin":
+        return (f"{who} registers the {noun} '{name}', a name the builtins "
+                f"already use: rename the plugin's {noun} (e.g. '{second.plugin}_{name}')")
+    return (f"two plugins register the {noun} '{name}': '{first.plugin}' ({first.provider}) and "
+            f"'{second.plugin}' ({second.provider}). Uninstall one, rename one of the {noun}s, or limit "
+            f"loading with AUTOMODEL_LOAD_PLUGINS=...")
+
+
 class Registry:
     """All registered components, by kind and name."""
 
@@ -99,12 +123,7 @@ class Registry:
     def add(self, entry: Entry) -> None:
         table = self._entries[entry.kind]
         if entry.name in table:
-            other = table[entry.name]
-            raise PluginError(
-                f"two plugins register the {KINDS[entry.kind][1]} '{entry.name}': "
-                f"'{other.plugin}' ({other.provider}) and '{entry.plugin}' ({entry.provider}). "
-                f"Uninstall one, or limit loading with AUTOMODEL_LOAD_PLUGINS=..."
-            )
+            raise PluginError(duplicate_message(table[entry.name], entry))
         table[entry.name] = entry
 
     def names(self, kind: str) -> list[str]:
@@ -140,3 +159,67 @@ class Registry:
         if more:
             msg += " More: " + "; ".join(f"{', '.join(ns)} (pip install {p})" for p, ns in sorted(more.items())) + "."
         return msg
+
+
+def _calling_convention(kind: str, supplied: tuple[str, ...]) -> str:
+    lead = [s for s in supplied if s != "total_steps"] + (["total_steps=..."] if "total_steps" in supplied else [])
+    return f"factory({', '.join([*lead, '**cfg'])})"
+
+
+def _defines(cls: type, name: str) -> bool:
+    return any(name in vars(k) for k in cls.__mro__[:-1])
+
+
+def signature_problems(kind: str, factory: Any) -> tuple[list[str], list[str]]:
+    """``(problems, warnings)``: how ``factory``'s signature fits the way the core calls a ``kind``
+    (:data:`automodel.config.SUPPLIED`), and, for a class, whether it has the methods of the kind's
+    contract (:data:`automodel.contracts.CONTRACTS`). Used by ``automodel plugins --check`` and
+    :func:`automodel.testing.check_plugin`; imports nothing heavy."""
+    from automodel.config import SUPPLIED
+    from automodel.contracts import CONTRACTS, missing_members
+
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to read
+        return [], []
+    noun = KINDS[kind][1]
+    supplied = SUPPLIED.get(kind, ())
+    lead = [s for s in supplied if s != "total_steps"]
+    call = _calling_convention(kind, supplied)
+    what = f"{getattr(factory, '__qualname__', repr(factory))}{sig}"
+    params = list(sig.parameters.values())
+    P = inspect.Parameter
+    positional = [p for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)]
+    var_kw = next((p for p in params if p.kind == P.VAR_KEYWORD), None)
+    problems: list[str] = []
+    for i, arg in enumerate(lead):
+        if i >= len(positional):
+            if not any(p.kind == P.VAR_POSITIONAL for p in params):
+                problems.append(f"{what}: the core calls it as {call}, so it must take '{arg}' as positional "
+                                f"argument {i + 1}; add the parameter '{arg}'")
+            break
+        p = positional[i]
+        if p.default is not P.empty and p.name != arg:
+            problems.append(f"{what}: the core calls it as {call}; '{p.name}' (a config key with a default) would "
+                            f"receive {arg}. Add a parameter '{arg}' before it")
+    if "total_steps" in supplied and "total_steps" not in sig.parameters and var_kw is None:
+        problems.append(f"{what}: the core calls it as {call}; add a keyword parameter 'total_steps'")
+    for p in positional[len(lead):]:
+        if p.kind == P.POSITIONAL_ONLY:
+            problems.append(f"{what}: '{p.name}' is positional-only, but config arguments are passed by keyword")
+    if "ctx" not in supplied and "ctx" in sig.parameters and sig.parameters["ctx"].default is P.empty:
+        problems.append(f"{what}: the core calls it as {call} and passes no ctx, so 'ctx' would be a required "
+                        f"config key; remove it (the {noun}'s methods receive ctx where they need it)")
+    contract = CONTRACTS.get(kind)
+    if contract is not None and inspect.isclass(factory):
+        missing = [m for m in missing_members(factory, contract) if callable(getattr(contract, m, None))]
+        dunders = {"losses": ["__call__"], "datasets": [] if _defines(factory, "__iter__") else ["__len__", "__getitem__"]}
+        missing += [m for m in dunders.get(kind, []) if not _defines(factory, m)]
+        if missing:
+            problems.append(f"{what}: a {noun} must have {', '.join(missing)} "
+                            f"(see automodel.contracts.{contract.__name__})")
+    warnings = []
+    if var_kw is not None:
+        warnings.append(f"{what} takes **{var_kw.name}: `automodel validate` cannot check this {noun}'s keys "
+                        f"(a misspelled key is passed on silently); list the arguments it accepts instead")
+    return problems, warnings
