@@ -51,7 +51,7 @@ def test_copy_sources_exist_and_reach_the_build_context() -> None:
         needed += [f"{pkg}/pyproject.toml", f"{pkg}/README.md"]
         needed += [p.relative_to(ROOT).as_posix() for p in (ROOT / pkg / "src").rglob("*.py")][:3]
     for rel in needed:
-        assert (ROOT / rel).exists(), rel
+        assert (ROOT / rel).exists(), f"{rel} is missing (python -m build needs it; see docs/packaging.md)"
         assert any(rel == s or rel.startswith(s + "/") for s in sources), f"{rel} is not copied"
         assert in_context(rel), f".dockerignore keeps {rel} out of the build context"
     assert not in_context(".venv/bin/python") and not in_context("dist/x.whl") and not in_context(".git/HEAD")
