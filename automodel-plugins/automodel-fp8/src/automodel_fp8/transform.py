@@ -43,8 +43,9 @@ class FP8:
     * ``recipe``: ``tensorwise`` (default; dynamic per-tensor scales; TE: current scaling),
       ``rowwise`` (per-row scales; torch, torchao), ``rowwise_with_gw_hp`` (torchao: rowwise, the
       weight gradient in high precision), ``delayed`` (TE: scales from an amax history).
-    * ``grad_dtype``: FP8 format of the output gradient in the backward pass: ``e5m2`` (the default
-      of ``tensorwise`` and ``delayed``: HYBRID) or ``e4m3`` (the default of the rowwise recipes).
+    * ``grad_dtype``: FP8 format of the output gradient in the backward pass: ``e5m2`` or ``e4m3``;
+      ``auto`` (default): ``e5m2`` for ``tensorwise`` and ``delayed`` (TE's HYBRID format), ``e4m3``
+      for the rowwise recipes (torchao's choice).
       The forward pass is always ``e4m3``.
     * ``exclude_modules``: names (a layer matches when its full name equals or ends with
       ``.<name>``) or a regular expression over full names, of linear layers to keep in high
@@ -64,7 +65,7 @@ class FP8:
         self,
         backend: Backend = "auto",
         recipe: Recipe = "tensorwise",
-        grad_dtype: Literal["e5m2", "e4m3"] | None = None,
+        grad_dtype: Literal["auto", "e5m2", "e4m3"] = "auto",
         exclude_modules: list[str] | str | None = None,
         emulate: bool | None = None,
         fsdp_float8_all_gather: bool = False,
@@ -78,7 +79,7 @@ class FP8:
             raise AutomodelError(f"transforms.fp8.{key}: {message}" + (f" ({hint})" if hint else ""))
         self.backend = resolve_backend(backend)
         self.recipe = recipe
-        self.grad_dtype = grad_dtype or ("e5m2" if recipe in ("tensorwise", "delayed") else "e4m3")
+        self.grad_dtype = grad_dtype if grad_dtype != "auto" else ("e5m2" if recipe in ("tensorwise", "delayed") else "e4m3")
         self.exclude_modules = exclude_modules
         self.emulate = emulate
         self.fsdp_float8_all_gather = fsdp_float8_all_gather
@@ -104,8 +105,7 @@ class FP8:
         self.converted, self.skipped = select_layers(model, self.exclude_modules)
         if not self.converted:
             raise AutomodelError(
-                "transforms.fp8: no linear layer to convert; kept in high precision:\n"
-                + "\n".join(f"    {n}: {why}" for n, why in self.skipped.items())
+                "transforms.fp8: no linear layer to convert; kept in high precision:\n" + _by_reason(self.skipped)
                 + "\n  -> check exclude_modules (FP8 needs input and output sizes divisible by 16)"
             )
         if self.backend == "torch":
@@ -239,6 +239,14 @@ def check_device(backend: str, device: Any, emulate: bool) -> None:
             "FP8 training needs 8.9+ (Ada, Hopper, Blackwell). Set emulate: true to check FP8 numerics in float32 "
             "(no speed-up), or drop the fp8 transform"
         )
+
+
+def _by_reason(skipped: dict[str, str]) -> str:
+    groups: dict[str, list[str]] = {}
+    for name, why in skipped.items():
+        groups.setdefault(why, []).append(name)
+    return "\n".join(f"    {why}: {len(names)} layer{'s' if len(names) > 1 else ''} ({', '.join(names[:3])}"
+                     f"{', ...' if len(names) > 3 else ''})" for why, names in groups.items())
 
 
 def _matches(name: str, pattern: list[str] | str | None) -> bool:
