@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,17 @@ def test_plugin_is_installed_and_listed() -> None:
     entry = next(p for p in listing if p["name"] == "fp8")
     assert entry["distribution"] == "automodel-fp8" and entry["error"] is None
     assert entry["registers"]["model_transforms"] == ["fp8"]
+
+
+def test_doctor_reports_a_backend_that_is_installed_but_broken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``plugins --check``: nothing to report here; a torchao whose float8 module fails to import is reported."""
+    from automodel_fp8 import check_requirements
+
+    assert check_requirements() == []
+    if HAS_TORCHAO:
+        monkeypatch.setitem(sys.modules, "torchao.float8", None)  # import now raises ImportError
+        (problem,) = check_requirements()
+        assert problem.startswith("torchao.float8 is installed but fails to import") and "automodel-fp8[torchao]" in problem
 
 
 def test_fp8_training_tracks_the_fp32_run(runs: dict[str, Any]) -> None:

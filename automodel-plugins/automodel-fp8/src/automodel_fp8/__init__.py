@@ -33,3 +33,21 @@ def on_step_end(ctx, step, metrics):
         from torchao.float8 import precompute_float8_dynamic_scale_for_fsdp
 
         precompute_float8_dynamic_scale_for_fsdp(model)
+
+
+def check_requirements() -> list[str]:
+    """``automodel plugins --check``: an optional backend that is installed but does not import. A
+    backend that is not installed is no problem (``backend: auto`` then uses the torch backend)."""
+    import importlib
+    import importlib.util
+
+    problems = []
+    for module, extra in (("torchao.float8", "torchao"), ("transformer_engine.pytorch", "te")):
+        if importlib.util.find_spec(module.partition(".")[0]) is None:
+            continue
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # noqa: BLE001 - any import failure is the finding
+            problems.append(f"{module} is installed but fails to import ({type(e).__name__}: {e}); "
+                            f"reinstall it for this torch (pip install 'automodel-fp8[{extra}]') or uninstall it")
+    return problems
