@@ -225,9 +225,7 @@ def check_device(backend: str, device: Any, emulate: bool) -> None:
                 f"transforms.fp8: backend transformer_engine needs an NVIDIA GPU with FP8 support (compute capability "
                 f"8.9+: Ada, Hopper, Blackwell); this run is on {device.type}. Use backend: torch or torchao on CPU"
             )
-        from transformer_engine.pytorch import fp8 as te_fp8
-
-        ok, reason = te_fp8.check_fp8_support()
+        ok, reason = _te_fp8_support(device)
         if not ok:
             raise AutomodelError(f"transforms.fp8: Transformer Engine cannot run FP8 on {torch.cuda.get_device_name(device)}: "
                                  f"{reason}; use backend: torch or torchao with emulate: true to check numerics")
@@ -239,6 +237,22 @@ def check_device(backend: str, device: Any, emulate: bool) -> None:
             "FP8 training needs 8.9+ (Ada, Hopper, Blackwell). Set emulate: true to check FP8 numerics in float32 "
             "(no speed-up), or drop the fp8 transform"
         )
+
+
+def _te_fp8_support(device: Any) -> tuple[bool, str]:
+    """TE's own check (``check_fp8_support``, in ``fp8`` or, in newer releases, ``quantization``), else
+    the compute capability."""
+    import importlib
+
+    import torch
+
+    for module in ("transformer_engine.pytorch.fp8", "transformer_engine.pytorch.quantization"):
+        try:
+            return importlib.import_module(module).check_fp8_support()
+        except (ImportError, AttributeError):
+            continue
+    ok = torch.cuda.get_device_capability(device) >= (8, 9)
+    return ok, "" if ok else "compute capability 8.9 or higher required for FP8"
 
 
 def _by_reason(skipped: dict[str, str]) -> str:
