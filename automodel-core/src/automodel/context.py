@@ -16,7 +16,8 @@ class Context:
         rank, world_size, local_rank: this process in the job (0, 1, 0 for a single process).
         device: the ``torch.device`` this rank computes on.
         output_dir: the run directory (config.yaml, metrics.jsonl, checkpoints/, hf/).
-        config: the resolved config (plain dict, defaults filled in).
+        config: the resolved config (plain dict: every section present, components named; a component's
+            own argument defaults are not filled in).
         mesh: the ``DeviceMesh`` (None in a single, non-distributed process).
         dp_rank, dp_size: this rank's data-parallel coordinate and the data-parallel degree.
         meta_init: a parallelizer asked for the model to be built on the meta device.
