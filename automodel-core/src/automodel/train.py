@@ -98,7 +98,7 @@ class Trainer:
         self.state = {"model": self.model, "optimizer": self.optimizer, "lr_scheduler": self.lr_scheduler,
                       "train_state": self.train_state}
         self.resumed = self.checkpointer.load(self.state)
-        self.last_saved: tuple[int, str | None] | None = None if self.resumed is None else (self.resumed, None)
+        self.saved_step, self.saved_path = self.resumed, None  # the newest checkpoint of this run (path: if it wrote it)
         if self.resumed is not None:
             ctx.print(f"resumed from step {self.resumed}")
             if self.resumed >= ctx.total_steps:
@@ -225,7 +225,7 @@ class Trainer:
         self.train_state.step += 1
         # remember the first non-finite step on the device; read before saving and on logging steps
         finite = torch.isfinite(loss_sum) & torch.isfinite(grad_norm.to(loss_sum.device))
-        bad_here = torch.where(finite, NO_BAD_STEP, self.train_state.step).to(self.first_bad_step.device)
+        bad_here = torch.where(finite, NO_BAD_STEP, self.train_state.step)
         torch.minimum(self.first_bad_step, bad_here, out=self.first_bad_step)
         return StepResult(loss_sum, grad_norm, label_tokens, lr)
 
@@ -253,7 +253,7 @@ class Trainer:
                 if step < total and self.stop.agreed(ctx.device, ctx.world_size > 1):
                     self._stop_for_signal(step, metrics)
             step = self.train_state.step
-            if member(self.checkpointer, Checkpointer, "save_final") and (self.last_saved or (None,))[0] != step:
+            if member(self.checkpointer, Checkpointer, "save_final") and self.saved_step != step:
                 self.save(step)
             if member(self.checkpointer, Checkpointer, "export_hf"):
                 out = export_model(self.built, self.checkpointer, ctx, ctx.output_dir / "hf")
@@ -299,8 +299,8 @@ class Trainer:
                       "(labels), the loss, model.dtype (float16 overflows) and the pretrained weights")
         else:
             advice = "lower optimizer.lr, keep clip_grad_norm on, or use model.dtype bfloat16/float32"
-        if self.last_saved:
-            saved = f"the last checkpoint (step {self.last_saved[0]}) precedes it: resume from it after the fix"
+        if self.saved_step is not None:
+            saved = f"the last checkpoint (step {self.saved_step}) precedes it: resume from it after the fix"
         else:
             saved = "no checkpoint was saved before it"
         raise Diverged(f"training diverged: the loss or grad norm was first non-finite at step {first}{now}. "
@@ -337,13 +337,13 @@ class Trainer:
         """Checkpoint ``step`` unless a step so far diverged (then :class:`Diverged`: never saved, never latest)."""
         self.check_finite()
         path = str(self.checkpointer.save(self.state, step))
-        self.last_saved = (step, path)
+        self.saved_step, self.saved_path = step, path
         self.plugins.hook.on_checkpoint_saved(ctx=self.ctx, step=step, path=path)
         return path
 
     def _stop_for_signal(self, step: int, metrics: dict[str, Any]) -> None:
         """SIGTERM/SIGUSR1 seen by any rank: checkpoint (unless this step just was), then exit 75 everywhere."""
-        path = self.save(step) if (self.last_saved or (None,))[0] != step else self.last_saved[1]
+        path = self.save(step) if self.saved_step != step else self.saved_path
         where = f"checkpoint {path}" if path else f"the checkpoint of step {step}"
         message = (f"received {self.stop.name}: stopped after step {step} with {where}; exiting with code "
                    f"{REQUEUE_EXIT_CODE} (requeue); run again with checkpoint.resume=auto to continue")
