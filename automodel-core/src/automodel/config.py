@@ -301,9 +301,12 @@ def _signature(factory: Callable[..., Any]) -> inspect.Signature | None:
 
 
 def check_arguments(
-    factory: Callable[..., Any], args: dict[str, Any], key: str, supplied: Sequence[str] = ()
+    factory: Callable[..., Any], args: dict[str, Any], key: str, supplied: Sequence[str] = (),
+    config: dict[str, Any] | None = None, custom: bool = True,
 ) -> list[Problem]:
-    """Check YAML ``args`` against ``factory``'s signature: unknown keys, types, missing arguments."""
+    """Check YAML ``args`` against ``factory``'s signature: unknown keys, types, missing arguments; then
+    (``custom``, and only if those passed) the factory's own ``validate_args`` (see
+    :func:`custom_problems`), given ``config`` when it takes a second parameter."""
     sig = _signature(factory)
     if sig is None:
         return []
@@ -332,11 +335,23 @@ def check_arguments(
     for name, param in named.items():
         if param.default is inspect.Parameter.empty and name not in args:
             problems.append(Problem(f"{key}.{name}", "missing required argument", f"add {name}: <{describe(param.annotation)}>"))
-    check = member(factory, Factory, "validate_args")
-    if check is not None and not problems:
-        for sub, message, hint in check(dict(args)):
-            problems.append(Problem(f"{key}.{sub}" if sub else key, message, hint or None))
+    if custom and not problems:
+        problems += custom_problems(factory, args, key, config)
     return problems
+
+
+def custom_problems(factory: Callable[..., Any], args: dict[str, Any], key: str,
+                    config: dict[str, Any] | None = None) -> list[Problem]:
+    """A factory's ``validate_args(args)`` or ``validate_args(args, config)`` (the second parameter, when
+    it has one, gets a copy of the whole resolved config), its keys prefixed with the section ``key``."""
+    check = member(factory, Factory, "validate_args")
+    if check is None:
+        return []
+    sig = _signature(check)
+    positional = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)] if sig else []
+    takes_config = sig is not None and (len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in sig.parameters.values()))
+    found = check(dict(args), copy.deepcopy(config or {})) if takes_config else check(dict(args))
+    return [Problem(f"{key}.{sub}" if sub else key, message, hint or None) for sub, message, hint in found or []]
 
 
 def _component_factory(
@@ -390,6 +405,7 @@ def validate(
     problems: list[Problem] = []
     cfg: dict[str, Any] = {}
     built: list[tuple[dict[str, Any], Callable[..., Any]]] = []  # component sections and their factories
+    custom: list[tuple[Callable[..., Any], dict[str, Any], str]] = []  # validate_args to run once cfg is complete
     for key in raw:
         if key not in SECTIONS:
             close = did_you_mean(str(key), SECTIONS)
@@ -415,8 +431,11 @@ def validate(
             if value is not None:
                 factory, args = _component_factory(plugins, spec.kind, value, key, problems)
                 if factory is not None:
-                    problems += check_arguments(factory, args, key, SUPPLIED.get(spec.kind, ()))
+                    found = check_arguments(factory, args, key, SUPPLIED.get(spec.kind, ()), custom=False)
+                    problems += found
                     built.append((value, factory))
+                    if not found:
+                        custom.append((factory, args, key))
         elif isinstance(spec, ComponentList):
             if value is None:
                 value = [copy.deepcopy(v) for v in spec.default]
@@ -427,8 +446,11 @@ def validate(
             for i, item in enumerate(value):
                 factory, args = _component_factory(plugins, spec.kind, item, f"{key}.{i}", problems)
                 if factory is not None:
-                    problems += check_arguments(factory, args, f"{key}.{i}", SUPPLIED.get(spec.kind, ()))
+                    found = check_arguments(factory, args, f"{key}.{i}", SUPPLIED.get(spec.kind, ()), custom=False)
+                    problems += found
                     built.append((item, factory))
+                    if not found:
+                        custom.append((factory, args, f"{key}.{i}"))
         else:  # a dataclass section
             value = {} if value is None else value
             if not isinstance(value, dict):
@@ -436,6 +458,9 @@ def validate(
                 continue
             problems += check_arguments(spec, value, key)
             cfg[key] = value
+
+    for factory, args, key in custom:  # after every section is filled: validate_args(args, config) sees them all
+        problems += custom_problems(factory, args, key, cfg)
 
     sched_cfg = cfg.get("step_scheduler") or {}
     if sched_cfg.get("val_every_steps") and cfg.get("validation_dataset") is None:

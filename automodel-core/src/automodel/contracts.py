@@ -53,13 +53,18 @@ def missing_members(obj: Any, contract: type) -> list[str]:
 class Factory(Protocol):
     """A registered factory. Optional attributes on the factory (function or class):
 
-    * ``validate_args(args) -> [(key, message, hint), ...]``: value checks on the YAML arguments, run by
-      ``automodel validate`` before anything heavy (types, unknown and missing keys are checked from the
-      signature already). ``key`` is relative to the section, ``""`` for the section itself.
+    * ``validate_args(args) -> [(key, message, hint), ...]``, or ``validate_args(args, config)``: value
+      checks on the YAML arguments, run by ``automodel validate`` before anything heavy. ``args`` are
+      the section's keys (``name`` left out); ``config`` (only if the function takes a second
+      parameter) is the whole resolved config, every section filled in, to check one section against
+      another. ``key`` is relative to the section and is reported with its prefix (``"gamma"`` in
+      ``loss:`` is shown as ``loss.gamma``), ``""`` for the section itself. It runs only when the
+      section's keys passed the signature checks (types, unknown and missing keys), so ``args`` are
+      well-typed.
     * ``path_args``: names of arguments that are local paths; the saved config holds them absolute.
     """
 
-    validate_args: Callable[[dict[str, Any]], list[tuple[str, str, str]]] | None = None
+    validate_args: Callable[..., list[tuple[str, str, str]]] | None = None
     path_args: Sequence[str] = ()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
@@ -128,20 +133,62 @@ class Parallelizer(Protocol):
 # --------------------------------------------------------------------------------------------------
 
 
+#: What the loop can pass a loss, by keyword. A loss receives only the names its ``__call__`` accepts
+#: (all of them when it takes ``**kwargs``): see :class:`Loss` and :func:`accepted_kwargs`.
+LOSS_ARGUMENTS = ("labels", "num_label_tokens", "logits", "hidden_states", "lm_head_weight", "batch", "model", "ctx")
+
+
 @runtime_checkable
 class Loss(Protocol):
-    """A loss (``loss:``). Called as ``loss(*, labels, num_label_tokens, logits=None, hidden_states=None,
-    lm_head_weight=None)``; returns the sum of token losses divided by ``num_label_tokens`` (the label
-    tokens of the whole global batch). ``labels`` are shifted, ``-100`` is ignored.
+    """A loss (``loss:``), used for training and for ``val_loss`` (the same object, under ``no_grad``).
 
-    Optional: ``uses_hidden_states = False``; ``True`` makes the loop skip the logits and pass the final
-    hidden states and the lm_head weight (fused linear cross-entropy).
+    Called with keyword arguments only, and only those its ``__call__`` signature names (all of them
+    if it takes ``**kwargs``):
+
+    * ``labels``: the shifted labels ``[batch, seq]``, ``-100`` is ignored;
+    * ``num_label_tokens``: the label tokens of the whole global batch (all micro-batches and
+      data-parallel ranks), a 0-d float tensor;
+    * ``logits``: ``[batch, seq, vocab]``; or, when ``uses_hidden_states``, ``hidden_states``
+      ``[batch, seq, hidden]`` and ``lm_head_weight`` ``[vocab, hidden]`` instead (no logits computed);
+    * ``batch``: the micro-batch dict on the device, as collated (``input_ids``, ``attention_mask`` or
+      ``position_ids``, the shifted ``labels`` and any extra columns a dataset's ``collate`` adds);
+    * ``model``: the training model as wrapped (FSDP, DDP, PEFT ...);
+    * ``ctx``: the :class:`~automodel.context.Context`.
+
+    Returns a scalar tensor: the *sum* of token losses divided by ``num_label_tokens``, so that every
+    split of the global batch gives the same gradient.
+
+    Optional:
+
+    * ``uses_hidden_states = False``: ``True`` makes the loop skip the logits and pass the final hidden
+      states and the lm_head weight (fused linear cross-entropy).
+    * ``setup(model, ctx) -> None``: called once on every rank after the model is built, transformed
+      and parallelized and the data is set up (``ctx.total_steps`` is known), before the optimizer is
+      built (a distillation loss loads its teacher here).
     """
 
     uses_hidden_states: bool = False
+    setup: Callable[[Any, Any], None] | None = None
 
     def __call__(self, *, labels: Any, num_label_tokens: Any, logits: Any = None, hidden_states: Any = None,
-                 lm_head_weight: Any = None) -> Any: ...
+                 lm_head_weight: Any = None, batch: Any = None, model: Any = None, ctx: Any = None) -> Any: ...
+
+
+def accepted_kwargs(fn: Any, names: Sequence[str]) -> tuple[str, ...]:
+    """The ``names`` that ``fn`` accepts as keyword arguments (all of them if it takes ``**kwargs``).
+
+    The loop calls a loss with exactly these, so a loss names what it needs and nothing else."""
+    import inspect
+
+    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else getattr(fn, "__call__", fn)  # noqa: B004
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return tuple(names)
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return tuple(names)
+    ok = {n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    return tuple(n for n in names if n in ok)
 
 
 @runtime_checkable
@@ -157,9 +204,16 @@ class Dataset(Protocol):
     * ``evaluate(model, ctx) -> dict``: a validation dataset that computes its own metrics (multiple-
       choice accuracy, say) instead of the mean token loss; called on every rank in eval mode under
       ``torch.no_grad()``, it returns the same metrics on every rank (keys like ``val_accuracy``).
+    * ``collate(examples) -> dict[str, Tensor]``: turn a list of items into a micro-batch, instead of
+      the builtin :class:`automodel.data.Collator` (pad, shift labels, masks). It must return
+      ``input_ids`` and the *shifted* ``labels`` (``labels[:, i]`` is the target of position ``i``,
+      ``-100`` ignored) like the builtin; extra columns (``pixel_values``, a per-token weight) travel
+      with the batch. The model's forward receives the columns its signature names (``labels``
+      excepted); the loss receives the whole batch as ``batch``.
     """
 
     evaluate: Callable[[Any, Any], dict[str, Any]] | None = None
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
 
     def __len__(self) -> int: ...
 

@@ -116,7 +116,9 @@ def register_datasets(register: Register) -> None:
     (``__len__``/``__getitem__``) of dicts with ``input_ids`` (list of int) and ``labels`` (list of
     int, same length, ``-100`` where no loss is taken, *not* shifted; optionally ``position_ids`` for
     packed rows), or an ``IterableDataset`` for streaming. Add BOS yourself where the model expects it.
-    The loop pads, shifts and batches (:mod:`automodel.data`). A validation dataset may define
+    The loop pads, shifts and batches (:mod:`automodel.data`), unless the dataset has its own
+    ``collate(examples) -> dict of tensors`` (extra columns such as ``pixel_values``; it must return
+    ``input_ids`` and the *shifted* ``labels`` like the builtin). A validation dataset may define
     ``evaluate(model, ctx) -> metrics`` to compute its own metrics (accuracy). The contract:
     :class:`automodel.contracts.Dataset`.
     """
@@ -126,13 +128,16 @@ def register_datasets(register: Register) -> None:
 def register_losses(register: Register) -> None:
     """Register losses (``masked_ce`` builtin), used in ``loss:``.
 
-    A loss is called as ``factory(**cfg)``; the object it returns is called as
-    ``loss(*, labels, num_label_tokens, logits=None, hidden_states=None, lm_head_weight=None)`` and
-    returns the *sum* of token losses divided by ``num_label_tokens`` (the label-token count of the
-    whole global batch, over all micro-batches and data-parallel ranks). ``labels`` are already
-    shifted, ``-100`` means ignore. If the object has ``uses_hidden_states = True`` the loop never
-    computes logits: it passes the final hidden states ``[batch, seq, hidden]`` and the lm_head weight
-    ``[vocab, hidden]`` instead (fused linear cross-entropy).
+    A loss is called as ``factory(**cfg)``; the object it returns is called with the keyword
+    arguments its ``__call__`` names, out of ``labels``, ``num_label_tokens``, ``logits``, ``batch``
+    (the collated micro-batch on the device), ``model`` and ``ctx`` (all of them if it takes
+    ``**kwargs``), and returns the *sum* of token losses divided by ``num_label_tokens`` (the
+    label-token count of the whole global batch, over all micro-batches and data-parallel ranks).
+    ``labels`` are already shifted, ``-100`` means ignore. If the object has ``uses_hidden_states =
+    True`` the loop never computes logits: it passes the final hidden states ``[batch, seq, hidden]``
+    and the lm_head weight ``[vocab, hidden]`` instead (fused linear cross-entropy). An optional
+    ``setup(model, ctx)`` runs once per rank before the optimizer is built (load a teacher there).
+    The same loss gives ``val_loss`` in validation. The contract: :class:`automodel.contracts.Loss`.
     """
 
 

@@ -40,11 +40,13 @@ KINDS: dict[str, Kind] = {
 class {cls}Loss:
     """Cross-entropy over label tokens: replace with your loss. Config: ``loss: {{name: {name}, label_smoothing: 0.1}}``.
 
-    The factory (this class) is called as ``factory(**cfg)``; the object as
-    ``loss(*, labels, num_label_tokens, logits=None, hidden_states=None, lm_head_weight=None)``.
-    ``labels`` are already shifted, ``-100`` means ignore. Return the SUM of token losses divided by
-    ``num_label_tokens`` (the label tokens of the whole global batch), so that any split into
-    micro-batches and data-parallel ranks gives the same gradient.
+    The factory (this class) is called as ``factory(**cfg)``; the object with the keyword arguments
+    its ``__call__`` names, out of ``labels``, ``num_label_tokens``, ``logits`` (or ``hidden_states`` +
+    ``lm_head_weight``), ``batch`` (the collated micro-batch), ``model`` and ``ctx`` (``**_`` takes
+    them all). ``labels`` are already shifted, ``-100`` means ignore. Return the SUM of token losses
+    divided by ``num_label_tokens`` (the label tokens of the whole global batch), so that any split
+    into micro-batches and data-parallel ranks gives the same gradient. Optional: ``setup(model, ctx)``,
+    called once before the optimizer is built (load a teacher model there).
     """
 
     uses_hidden_states = False  # True: receive hidden_states + lm_head_weight instead of logits

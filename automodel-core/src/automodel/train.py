@@ -8,6 +8,7 @@ step) once per optimizer step, then logs, validates and checkpoints.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import time
@@ -21,7 +22,7 @@ import torch.distributed as dist
 from automodel import config as config_mod
 from automodel import runtime
 from automodel.context import Context
-from automodel.contracts import Checkpointer, Dataset, Loss, Parallelizer, member
+from automodel.contracts import LOSS_ARGUMENTS, Checkpointer, Dataset, Loss, Parallelizer, accepted_kwargs, member
 from automodel.data import Collator, TrainData, validation_loader
 from automodel.errors import AutomodelError
 from automodel.launch import REQUEUE_EXIT_CODE
@@ -71,6 +72,18 @@ class HiddenStates:
         self.value = output[0] if isinstance(output, tuple) else output.last_hidden_state
 
 
+def model_inputs(model: torch.nn.Module) -> frozenset[str] | None:
+    """The batch columns the model's forward names (of the Hugging Face model inside a PEFT wrapper),
+    so extra columns meant for the loss never reach it; None: it names none, pass every column."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    named = frozenset(n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return named or None
+
+
 class Trainer:
     """One rank of a training run: everything is built in ``__init__``; :meth:`run` trains."""
 
@@ -89,8 +102,13 @@ class Trainer:
         ctx.print(f"model: {self.n_params / 1e6:.2f}M parameters, {sum(p.numel() for p in self.params) / 1e6:.2f}M "
                   f"trainable, on {ctx.device}")
         self.loss_fn = self._build("losses", cfg["loss"])
+        self.loss_args = accepted_kwargs(self.loss_fn, LOSS_ARGUMENTS)  # the loss gets only what it names
+        self.model_inputs = model_inputs(self.hf_model)
         self.hidden = HiddenStates(self.hf_model) if member(self.loss_fn, Loss, "uses_hidden_states") else None
         self._setup_data()
+        setup = member(self.loss_fn, Loss, "setup")
+        if setup is not None:  # after the model is built and parallelized (and the data), before the optimizer
+            setup(self.model, ctx)
         self.optimizer = self._build("optimizers", cfg["optimizer"], self.params)
         self.lr_scheduler = self._build("lr_schedulers", cfg["lr_scheduler"], self.optimizer, total_steps=ctx.total_steps)
         self.checkpointer = self._build("checkpointers", cfg["checkpoint"], ctx)
@@ -148,8 +166,9 @@ class Trainer:
 
     def _setup_data(self) -> None:
         ctx, sched = self.ctx, self.sched
-        collate = Collator(self.built.tokenizer.pad_token_id)
+        builtin = Collator(self.built.tokenizer.pad_token_id)
         train_data = self._build("datasets", self.cfg["dataset"], ctx, self.built.tokenizer)
+        collate = member(train_data, Dataset, "collate") or builtin  # a dataset's own collate (VLM: pixel_values)
         self.data = TrainData(train_data, collate, sched.local_batch_size, ctx.dp_rank, ctx.dp_size, self.cfg["seed"])
         self.accum = sched.grad_accum_steps(ctx.dp_size)
         per_epoch = self.data.micro_batches_per_epoch()
@@ -167,7 +186,8 @@ class Trainer:
         if self.cfg.get("validation_dataset"):
             self.val_data = self._build("datasets", self.cfg["validation_dataset"], ctx, self.built.tokenizer)
             if member(self.val_data, Dataset, "evaluate") is None:
-                self.val_loader = validation_loader(self.val_data, collate, sched.local_batch_size, ctx.dp_rank, ctx.dp_size)
+                val_collate = member(self.val_data, Dataset, "collate") or builtin
+                self.val_loader = validation_loader(self.val_data, val_collate, sched.local_batch_size, ctx.dp_rank, ctx.dp_size)
         size = f"{len(train_data)} examples, {steps_per_epoch} steps/epoch" if steps_per_epoch else "streaming"
         ctx.print(
             f"training {ctx.total_steps} step{'s' if ctx.total_steps != 1 else ''}: {sched.global_batch_size} sequences/step = "
@@ -196,14 +216,17 @@ class Trainer:
         return loss.detach()
 
     def forward(self, batch: dict[str, torch.Tensor], num_label_tokens: torch.Tensor) -> torch.Tensor:
-        batch = dict(batch)
-        labels = batch.pop("labels")
+        """The loss of one micro-batch: the model gets the batch columns its forward names (not
+        ``labels``), the loss the keyword arguments its ``__call__`` names (see contracts.Loss)."""
+        inputs = {k: v for k, v in batch.items() if k != "labels" and (self.model_inputs is None or k in self.model_inputs)}
+        given: dict[str, Any] = {"labels": batch["labels"], "num_label_tokens": num_label_tokens, "batch": batch,
+                                 "model": self.model, "ctx": self.ctx}
         if self.hidden is not None:
-            self.model(**batch, use_cache=False, logits_to_keep=HiddenStates.EMPTY.to(self.ctx.device))
-            return self.loss_fn(labels=labels, num_label_tokens=num_label_tokens, hidden_states=self.hidden.value,
-                                lm_head_weight=self.hf_model.get_output_embeddings().weight)
-        logits = self.model(**batch, use_cache=False).logits
-        return self.loss_fn(labels=labels, num_label_tokens=num_label_tokens, logits=logits)
+            self.model(**inputs, use_cache=False, logits_to_keep=HiddenStates.EMPTY.to(self.ctx.device))
+            given.update(hidden_states=self.hidden.value, lm_head_weight=self.hf_model.get_output_embeddings().weight)
+        else:
+            given["logits"] = self.model(**inputs, use_cache=False).logits
+        return self.loss_fn(**{k: given[k] for k in self.loss_args if k in given})
 
     def train_step(self, micro: list[dict[str, torch.Tensor]]) -> StepResult:
         """One optimizer step over ``micro`` (this rank's micro-batches of the global batch)."""

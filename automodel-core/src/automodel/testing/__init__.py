@@ -135,7 +135,7 @@ def exit_without_teardown() -> None:
     exit_now(0)
 
 
-from automodel.testing.conformance import Report, check_plugin  # noqa: E402  (it imports the helpers above)
+from automodel.testing.conformance import Report, check_plugin, loss_call  # noqa: E402  (it imports the helpers above)
 
-__all__ = ["TINY_LLAMA", "VOCAB_SIZE", "Report", "char_tokenizer", "check_plugin", "make_config", "read_metrics",
+__all__ = ["TINY_LLAMA", "VOCAB_SIZE", "Report", "char_tokenizer", "check_plugin", "loss_call", "make_config", "read_metrics",
            "run_cli", "tiny_model", "write_task_data"]

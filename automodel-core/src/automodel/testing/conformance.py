@@ -11,8 +11,11 @@ it (with ``args[name]`` as its config, or its defaults), then checks the object 
 (:mod:`automodel.contracts`) and its kind's behaviour:
 
 ==============  =================================================================================
-loss            finite scalar, differentiable, no gradient where ``labels == -100``, the same loss
-                sum and gradients however the batch is split into micro-batches
+loss            called as the loop calls it (the keyword arguments its ``__call__`` names: labels,
+                num_label_tokens, logits or hidden_states + lm_head_weight, batch, model (a tiny
+                Llama), ctx; ``setup(model, ctx)`` first if it has one): finite scalar,
+                differentiable, no gradient where ``labels == -100``, the same loss sum and
+                gradients however the batch is split into micro-batches
 dataset         ``len() > 0``; items have ``input_ids`` and ``labels``, lists of int of equal length
                 (and ``position_ids`` of the same length if present); labels are ids or ``-100``
 logger          ``log`` takes a training record and a validation-only record (``val_loss``,
@@ -31,6 +34,8 @@ leaves one out (the reason is kept in the report). Runs on CPU in seconds.
 
 from __future__ import annotations
 
+import contextvars
+import copy
 import inspect
 import math
 import tempfile
@@ -82,13 +87,19 @@ def check_plugin(
     distributed: bool = False,
     local_modules: tuple[str, ...] = (),
     raise_on_problems: bool = True,
+    batch_columns: dict[str, dict[str, Any]] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> Report:
     """Check every component plugin ``name`` (plugin, distribution or module name) registers.
 
     ``args`` maps a component name (or ``"kind/name"``) to its config arguments; ``skip`` maps one to
     the reason it is not run; ``distributed=True`` adds the 2-process parity check of parallelizers
     (a tiny training run with gloo, about a minute); ``local_modules`` load unpackaged plugins as
-    ``--plugin`` does. Returns the :class:`Report`; raises ``AssertionError`` with it if anything is
+    ``--plugin`` does; ``batch_columns`` maps a loss name to extra columns of the ``batch`` it receives
+    (tensors with a leading dimension of 4 rows, e.g. ``{"my_loss": {"weight": torch.ones(4, 8)}}``);
+    ``config`` is the whole config a ``validate_args(args, config)`` receives (default: every section's
+    default, the tiny Llama as ``model: {name: hf, config: ...}``, the component's own section filled in).
+    Returns the :class:`Report`; raises ``AssertionError`` with it if anything is
     wrong (unless ``raise_on_problems=False``).
     """
     from automodel.errors import AutomodelError
@@ -114,7 +125,13 @@ def check_plugin(
             try:
                 factory = entry.resolve()  # import + signature against the kind
                 cfg = dict(args.get(label, args.get(entry.name, {})))
-                done = _CHECKS[entry.kind](factory, cfg, Path(tmp) / f"{entry.kind}-{entry.name}")
+                _KIT_CONFIG.set(_kit_config(entry.kind, entry.name, cfg, config))
+                where = Path(tmp) / f"{entry.kind}-{entry.name}"
+                if entry.kind == "losses":
+                    columns = (batch_columns or {}).get(label, (batch_columns or {}).get(entry.name))
+                    done = _check_loss(factory, cfg, where, columns)
+                else:
+                    done = _CHECKS[entry.kind](factory, cfg, where)
                 if distributed and entry.kind == "parallelizers":
                     done += "; " + _parity(entry.name, cfg, Path(tmp) / f"parity-{entry.name}", local_modules)
                 report.checked.append(f"{label}: {done}")
@@ -137,6 +154,35 @@ def check_plugin(
 # --------------------------------------------------------------------------------------------------
 
 
+_KIT_CONFIG: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("kit_config", default=None)
+
+
+def _kit_config(kind: str, name: str, cfg: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
+    """The whole config ``validate_args(args, config)`` sees in the kit: ``given``, or every section's
+    default with the tiny Llama as the model; the component's section holds it either way."""
+    from automodel import config as config_mod
+
+    if given is not None:
+        full = copy.deepcopy(given)
+    else:
+        full = {}
+        for key, spec in config_mod.SECTIONS.items():
+            default = getattr(spec, "default", None)
+            full[key] = copy.deepcopy(default if not isinstance(default, tuple) else list(default))
+        full["step_scheduler"] = {}
+        full["model"] = {"name": "hf", "config": dict(TINY_LLAMA)}
+        full["dataset"] = {"name": "mock", "seq_len": 8}
+    for key, spec in config_mod.SECTIONS.items():
+        if getattr(spec, "kind", None) == kind:
+            section = {"name": name, **cfg}
+            if isinstance(full.get(key), list) or isinstance(spec, config_mod.ComponentList):
+                full[key] = [section]
+            else:
+                full[key] = section
+            break
+    return full
+
+
 def _build(factory: Any, cfg: dict[str, Any], *leading: Any, **extra: Any) -> Any:
     """factory(*leading, **extra, **cfg), or a clear request for the required arguments."""
     from automodel.config import check_arguments
@@ -149,7 +195,8 @@ def _build(factory: Any, cfg: dict[str, Any], *leading: Any, **extra: Any) -> An
     if missing:
         raise _Skip(f"needs the config arguments {', '.join(missing)}: pass check_plugin(..., "
                     f"args={{'<name>': {{{', '.join(repr(m) + ': ...' for m in missing)}}}}})")
-    problems = check_arguments(factory, cfg, "args", tuple(f"_{i}" for i in range(len(leading))) + tuple(extra))
+    problems = check_arguments(factory, cfg, "args", tuple(f"_{i}" for i in range(len(leading))) + tuple(extra),
+                               config=_KIT_CONFIG.get())
     if problems:
         raise CheckFailed("; ".join(map(str, problems)))
     return factory(*leading, **extra, **cfg)
@@ -188,7 +235,9 @@ def _missing(obj: Any, kind: str) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_loss(factory: Any, cfg: dict[str, Any], tmp: Path) -> str:
+def _check_loss(factory: Any, cfg: dict[str, Any], tmp: Path, batch_columns: dict[str, Any] | None = None) -> str:
+    """Call the loss as the loop does (:func:`loss_call`): with the keyword arguments its ``__call__``
+    names, ``batch`` holding ``input_ids``, ``attention_mask``, ``labels`` and ``batch_columns``."""
     import torch
 
     from automodel.contracts import Loss, member
@@ -204,11 +253,18 @@ def _check_loss(factory: Any, cfg: dict[str, Any], tmp: Path) -> str:
     hidden_mode = bool(member(loss_fn, Loss, "uses_hidden_states"))
     x = torch.randn(B, T, H if hidden_mode else V, generator=gen, requires_grad=True)
     w = (torch.randn(V, H, generator=gen) * 0.2).requires_grad_(hidden_mode)
+    batch = {"input_ids": torch.randint(0, V, (B, T), generator=gen), "attention_mask": torch.ones(B, T, dtype=torch.long),
+             "labels": labels, **(batch_columns or {})}
+    ctx = _ctx(tmp)
+    setup = member(loss_fn, Loss, "setup")
+    model = _tiny_model() if setup is not None or "model" in _accepted(loss_fn) else None  # built only if used
+    if setup is not None:
+        setup(model, ctx)
 
     def call(rows: slice) -> Any:
-        if hidden_mode:
-            return loss_fn(labels=labels[rows], num_label_tokens=n, hidden_states=x[rows], lm_head_weight=w)
-        return loss_fn(labels=labels[rows], num_label_tokens=n, logits=x[rows])
+        out = {"hidden_states": x[rows], "lm_head_weight": w} if hidden_mode else {"logits": x[rows]}
+        return loss_call(loss_fn, labels=labels[rows], num_label_tokens=n, model=model, ctx=ctx,
+                         batch={k: v[rows] for k, v in batch.items()}, **out)
 
     full = call(slice(None))
     _expect(isinstance(full, torch.Tensor) and full.numel() == 1, f"must return a scalar tensor, got {full!r}")
@@ -228,7 +284,22 @@ def _check_loss(factory: Any, cfg: dict[str, Any], tmp: Path) -> str:
         "num_label_tokens (the global count), not by this micro-batch's tokens"))
     _expect(torch.allclose(x.grad, grad, rtol=1e-3, atol=1e-6), "gradients differ when the batch is split")
     mode = "hidden states + lm_head weight" if hidden_mode else "logits"
-    return f"finite, differentiable ({mode}), -100 ignored, same loss and gradient for a split batch"
+    extra = [a for a in ("batch", "model", "ctx") if a in _accepted(loss_fn)]
+    takes = f", takes {'/'.join(extra)}" if extra else ""
+    return f"finite, differentiable ({mode}{takes}), -100 ignored, same loss and gradient for a split batch"
+
+
+def _accepted(loss_fn: Any) -> tuple[str, ...]:
+    from automodel.contracts import LOSS_ARGUMENTS, accepted_kwargs
+
+    return accepted_kwargs(loss_fn, LOSS_ARGUMENTS)
+
+
+def loss_call(loss_fn: Any, **given: Any) -> Any:
+    """Call ``loss_fn`` as the training loop does: with those of ``given`` (``labels``,
+    ``num_label_tokens``, ``logits`` or ``hidden_states`` + ``lm_head_weight``, ``batch``, ``model``,
+    ``ctx``) that its ``__call__`` names, all of them if it takes ``**kwargs``."""
+    return loss_fn(**{k: given[k] for k in _accepted(loss_fn) if k in given})
 
 
 def _check_dataset(factory: Any, cfg: dict[str, Any], tmp: Path) -> str:
