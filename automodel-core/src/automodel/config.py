@@ -22,6 +22,7 @@ import yaml
 from automodel.contracts import Factory, Launcher, Parallelizer, member
 from automodel.errors import AutomodelError, ConfigError, Problem, did_you_mean
 from automodel.mesh import Layout, plan_layout
+from automodel.profiler import Profile
 from automodel.registry import KINDS, import_target
 from automodel.state import StepScheduler
 
@@ -67,6 +68,7 @@ SECTIONS: dict[str, Any] = {
     "optimizer": Component("optimizers", {"name": "adamw", "lr": 1.0e-4}),
     "lr_scheduler": Component("lr_schedulers", {"name": "constant"}),
     "step_scheduler": StepScheduler,
+    "profile": Profile,
     "checkpoint": Component("checkpointers", {"name": "default"}),
     "launcher": Component("launchers", {"name": "local"}),
     "loggers": ComponentList("loggers", ({"name": "console"}, {"name": "jsonl"})),

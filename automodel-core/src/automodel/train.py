@@ -29,6 +29,7 @@ from automodel.launch import REQUEUE_EXIT_CODE
 from automodel.mesh import Layout, build_mesh, dp_coordinates
 from automodel.model import build_model, export_model
 from automodel.plugins import Plugins
+from automodel.profiler import Profiler
 from automodel.signals import Preempted, StopFlag, clear_marker, write_marker
 from automodel.state import StepScheduler, TrainState
 from automodel.weights import unwrap
@@ -41,6 +42,25 @@ NO_BAD_STEP = torch.iinfo(torch.int64).max
 def train(cfg: dict[str, Any], plugins: Plugins, layout: Layout | None = None) -> dict[str, Any]:
     """Run one training job in this process (one rank of it). Returns the last metrics."""
     return Trainer(cfg, plugins, layout).run()
+
+
+class NamedParameters(list):
+    """The trainable parameters as the core passes them to an optimizer factory: a plain ``list`` of
+    tensors (what any ``torch.optim`` optimizer takes) whose ``names`` attribute holds each one's name in
+    ``model.named_parameters()`` order, so a factory can group them by name (weight decay, lr multipliers)."""
+
+    names: list[str]
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> NamedParameters:
+        """The parameters of ``model`` that require grad, with their names."""
+        pairs = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        out = cls(p for _, p in pairs)
+        out.names = [n for n, _ in pairs]
+        return out
+
+    def named(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return list(zip(self.names, self))
 
 
 @dataclass
@@ -97,7 +117,7 @@ class Trainer:
         self.built = build_model(cfg, plugins, ctx, self.layout)
         self.model = self.built.model.train()
         self.hf_model = unwrap(self.model)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.params = NamedParameters.of(self.model)  # the optimizer factory may group them by name
         self.n_params = sum(p.numel() for p in self.model.parameters())
         ctx.print(f"model: {self.n_params / 1e6:.2f}M parameters, {sum(p.numel() for p in self.params) / 1e6:.2f}M "
                   f"trainable, on {ctx.device}")
@@ -128,6 +148,7 @@ class Trainer:
             dist.broadcast_object_list(box, src=0)
             self.train_state.metadata = box[0]
         self.peak_flops = self._peak_flops()
+        self.profiler = Profiler.create(cfg.get("profile"), ctx, self.train_state.step)  # None: off
         self.first_bad_step = torch.full((), NO_BAD_STEP, dtype=torch.long, device=ctx.device)
         self.finished = False
         self.window_tokens, self.window_start = torch.zeros((), dtype=torch.long), time.perf_counter()
@@ -273,6 +294,8 @@ class Trainer:
                     metrics.update(self.validate(step))
                 if sched.ckpt_every_steps and step % sched.ckpt_every_steps == 0 and step < total:
                     self.save(step)
+                if self.profiler is not None:
+                    self.profiler.step(step)
                 if step < total and self.stop.agreed(ctx.device, ctx.world_size > 1):
                     self._stop_for_signal(step, metrics)
             step = self.train_state.step
@@ -383,6 +406,8 @@ class Trainer:
             return
         self.finished = True
         try:
+            if self.profiler is not None:
+                self.profiler.close()
             self.plugins.hook.on_train_end(ctx=self.ctx, metrics=metrics)
         finally:
             for lg in self.loggers:

@@ -39,8 +39,11 @@ def register_parallelizers(register):
 
 @hookimpl
 def register_optimizers(register):
-    register("adamw", f"{_B}.optim:adamw")
-    register("sgd", f"{_B}.optim:sgd")
+    register("adamw", f"{_B}.optim:adamw", description="torch AdamW; no decay on biases, norms, embeddings")
+    register("sgd", f"{_B}.optim:sgd", description="torch SGD (momentum, nesterov)")
+    register("muon", f"{_B}.optim:muon", description="torch Muon for hidden matrices + AdamW for the rest, one optimizer")
+    register("adafactor", f"{_B}.optim:adafactor", description="torch Adafactor (factored second moments)")
+    register("adamw_8bit", f"{_B}.optim:adamw_8bit", description="bitsandbytes AdamW8bit (pip install bitsandbytes)")
 
 
 @hookimpl
@@ -48,6 +51,14 @@ def register_lr_schedulers(register):
     register("constant", f"{_B}.optim:constant")
     register("cosine", f"{_B}.optim:cosine")
     register("linear", f"{_B}.optim:linear")
+    register("wsd", f"{_B}.optim:wsd", description="warmup-stable-decay (linear, cosine or 1-sqrt decay)")
+
+
+@hookimpl
+def register_commands(cli):
+    from automodel.builtin.commands import lr_curve_command
+
+    lr_curve_command(cli)
 
 
 @hookimpl

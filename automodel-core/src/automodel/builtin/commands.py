@@ -1,0 +1,70 @@
+"""Builtin CLI commands registered through ``register_commands`` (torch imported only when they run)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import click
+
+
+def curve_rows(lrs: list[float], points: int) -> list[int]:
+    """The steps (1-based) to show: evenly spaced, always the first and last, and every step where the
+    schedule changes phase (end of warmup, start of decay)."""
+    n = len(lrs)
+    picked = {1, n} | {1 + round(i * (n - 1) / max(1, points - 1)) for i in range(points)}
+    for s in range(2, n):  # phase changes: the slope changes sign or starts/stops being zero
+        before, after = lrs[s - 1] - lrs[s - 2], lrs[s] - lrs[s - 1]
+        if (abs(before) < 1e-15) != (abs(after) < 1e-15) or before * after < 0:
+            picked.add(s)
+    return sorted(s for s in picked if 1 <= s <= n)
+
+
+def format_curve(lrs: list[float], points: int = 20, width: int = 40) -> str:
+    peak = max(lrs) or 1.0
+    lines = [f"{'step':>7}  {'lr':>10}"]
+    for s in curve_rows(lrs, points):
+        lr = lrs[s - 1]
+        lines.append(f"{s:>7}  {lr:>10.3e}  {'#' * round(width * lr / peak)}")
+    return "\n".join(lines)
+
+
+def lr_curve_command(cli: click.Group) -> None:
+    from automodel.cli import _prepare, plugin_option
+
+    @cli.command(name="lr-curve")
+    @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+    @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+    @click.option("--steps", type=int, default=None, help="Total optimizer steps (default: step_scheduler.max_steps).")
+    @click.option("--points", type=int, default=20, show_default=True, help="Rows to print.")
+    @plugin_option
+    def lr_curve(config_path: str, overrides: tuple[str, ...], steps: int | None, points: int, plugin_modules: tuple[str, ...]) -> None:
+        """Print the learning rate of every phase of CONFIG's schedule (warmup, stable, decay) before training."""
+        from automodel import config as config_mod
+        from automodel.builtin.optim import lr_curve as compute
+        from automodel.errors import AutomodelError
+        from automodel.registry import import_target
+
+        validated, plugins = _prepare(config_path, overrides, plugin_modules)
+        cfg = validated.config
+        total = steps or cfg["step_scheduler"].get("max_steps")
+        if not total or total < 1:
+            raise AutomodelError(f"{config_path}: step_scheduler.max_steps is not set, so the number of steps comes from the "
+                                 "dataset's size at run time; pass --steps N (e.g. --steps 1000) to see the curve")
+        opt = cfg["optimizer"]
+        lr = opt.get("lr")
+        if lr is None:
+            factory = import_target(opt["_target_"]) if "_target_" in opt \
+                else plugins.registry.get("optimizers", opt["name"]).resolve()
+            lr = inspect.signature(factory).parameters.get("lr", inspect.Parameter("lr", inspect.Parameter.KEYWORD_ONLY, default=1e-3)).default
+        sched = cfg["lr_scheduler"]
+
+        def build(optimizer: Any, total_steps: int) -> Any:
+            return config_mod.build_component(plugins, "lr_schedulers", sched, optimizer, total_steps=total_steps)
+
+        lrs = compute(build, {}, float(lr), int(total))
+        args = ", ".join(f"{k}={v}" for k, v in sched.items() if k not in ("name", "_target_"))
+        name = sched.get("name") or sched.get("_target_")
+        click.echo(f"lr_scheduler {name}({args}) over {total} steps, optimizer.lr {lr:g} "
+                   f"(groups with an lr multiplier scale it): min {min(lrs):.3e}, max {max(lrs):.3e}, last {lrs[-1]:.3e}")
+        click.echo(format_curve(lrs, points))
