@@ -5,6 +5,10 @@ Two differences from ``python -m torch.distributed.run``:
 * SIGUSR1 is ignored in this process (the launcher forwards it to the workers; torchrun's default would
   kill it and orphan them). The workers inherit the ignore only until the training loop installs its
   own handlers.
+* SIGINT (Ctrl-C in the terminal) does nothing here: the launcher forwards it to the workers, whose first
+  one means "checkpoint and stop" (torchrun would instead signal them itself, then kill them after its
+  shutdown timeout). A Python-level no-op handler, not SIG_IGN, so that the workers start with the
+  default Ctrl-C behaviour.
 * When a worker fails, torchrun's 30-line ``ChildFailedError`` report (the workers' own output is
   already above it) becomes one line, and the exit code is the failed worker's own (2 for a config
   error, 75 for a preemption stop) instead of always 1.
@@ -12,12 +16,17 @@ Two differences from ``python -m torch.distributed.run``:
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
 
 def main() -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    # torchrun (re)installs its handler for every signal in --signals_to_handle (env PET_SIGNALS_TO_HANDLE)
+    handled = os.environ.get("PET_SIGNALS_TO_HANDLE", "SIGTERM,SIGINT,SIGHUP,SIGQUIT").split(",")
+    os.environ["PET_SIGNALS_TO_HANDLE"] = ",".join(s for s in handled if s.strip() != "SIGINT")
     sys.argv[0] = "torchrun"
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError

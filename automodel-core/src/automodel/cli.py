@@ -221,13 +221,14 @@ def new_plugin(name: str, kinds: tuple[str, ...], directory: str) -> None:
 
     \b
     automodel new-plugin focal --kind loss
-    pip install -e ./automodel-focal && automodel plugins && pytest automodel-focal
+    pip install -e './automodel-focal[test]' && automodel plugins && pytest automodel-focal
     """
     from automodel.scaffold import create
 
     out = create(name, list(kinds) or ["loss"], Path(directory))
     click.echo(f"created {out}")
-    click.echo(f"next: pip install -e {out} && automodel plugins --check && pytest {out}")
+    # the [test] extra brings pytest, which a venv made for the quickstart does not have
+    click.echo(f"next: pip install -e '{out}[test]' && automodel plugins --check && pytest {out}")
 
 
 @cli.command(name="export")

@@ -169,6 +169,11 @@ def apply_overrides(cfg: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         try:
             value = parse_yaml(raw) if raw else ""
         except yaml.YAMLError as e:
+            if parts[i + 1].lstrip("-").isdigit():  # parallel.0.size=4 on a config without parallel:
+                where = ".".join(parts[: i + 1])
+                raise ConfigError([Problem(full, f"'{where}' is not set in the config, so it has no item {parts[i + 1]} to change",
+                                           f"set the whole list instead, e.g. '{where}=[{{name: ..., {'.'.join(parts[i + 2:]) or 'key'}: ...}}]' "
+                                           f"(quoted for the shell)")])
             # a mapping (or a list of them) that does not parse: say why. Other strings stay strings
             # (a regular expression such as [qv]_proj is not YAML either).
             if raw.lstrip().startswith(("[", "{")) and ": " in raw:

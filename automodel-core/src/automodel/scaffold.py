@@ -417,7 +417,7 @@ def _readme(fill: dict[str, str], kinds: list[str]) -> str:
 An [automodel](https://github.com/) plugin providing: {", ".join(kinds)}.
 
 ```bash
-pip install -e .
+pip install -e '.[test]'     # [test]: pytest, for the tests below
 automodel plugins            # lists {fill["name"]} and what it registers
 automodel plugins --check    # imports it and checks every factory against its kind
 pytest                       # the tests: automodel.testing.check_plugin and more

@@ -1,4 +1,5 @@
-"""Preemption: SIGTERM / SIGUSR1 -> finish the step -> checkpoint -> exit with the requeue code.
+"""Preemption and Ctrl-C: SIGTERM / SIGUSR1 / the first SIGINT -> finish the step -> checkpoint -> exit
+with the requeue code; a second SIGINT (Ctrl-C again) aborts at once without a checkpoint.
 
 The protocol launchers and schedulers (Slurm) rely on:
 
@@ -8,6 +9,10 @@ The protocol launchers and schedulers (Slurm) rely on:
 3. Every training process exits with :data:`automodel.launch.REQUEUE_EXIT_CODE` (75) by raising
    :class:`Preempted` (a ``SystemExit``); the ``local`` launcher maps torchrun's own exit code to 75
    too (:func:`run_torchrun`). The next run with ``checkpoint.resume: auto`` continues where it stopped.
+4. Ctrl-C (SIGINT) is a stop signal the first time; the second raises ``KeyboardInterrupt`` (exit 130,
+   no checkpoint) and any further one kills the process outright. Under the ``local`` launcher's torchrun
+   the workers run in their own sessions (the terminal's Ctrl-C never reaches them): ``automodel run``
+   forwards each SIGINT to them, and torchrun itself ignores SIGINT (:mod:`automodel._torchrun`).
 
 No torch import at module level.
 """
@@ -29,6 +34,9 @@ from automodel.launch import REQUEUE_EXIT_CODE
 #: send SIGUSR1 ahead of the time limit with ``--signal=USR1@<seconds>``).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
+#: Ctrl-C: a stop signal the first time, an abort the second (see :class:`StopFlag`).
+INTERRUPT = signal.SIGINT
+
 #: Written by the main rank next to metrics.jsonl when a run stopped for a signal after checkpointing.
 MARKER = "preempted.json"
 
@@ -46,15 +54,26 @@ class Preempted(SystemExit):
         return self.message
 
 
+def _say(message: str) -> None:
+    """Write to stderr from a signal handler (``os.write``: no buffered-IO reentrancy with a print the
+    handler interrupted)."""
+    try:
+        os.write(2, message.encode())
+    except OSError:
+        pass
+
+
 class StopFlag:
-    """Installs handlers for :data:`STOP_SIGNALS` that record the signal; :meth:`agreed` is the collective check."""
+    """Installs handlers for :data:`STOP_SIGNALS` and SIGINT that record the signal; :meth:`agreed` is the
+    collective check. A second SIGINT raises ``KeyboardInterrupt`` (abort now); a third kills the process."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.interrupts = 0
         self._previous: dict[int, Any] = {}
 
     def install(self) -> StopFlag:
-        for sig in STOP_SIGNALS:
+        for sig in (*STOP_SIGNALS, INTERRUPT):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: the caller owns signals
@@ -67,7 +86,19 @@ class StopFlag:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.signum = signum
+        if signum == INTERRUPT:
+            self.interrupts += 1
+            main = os.environ.get("RANK", "0") == "0"
+            if self.interrupts > 1:
+                signal.signal(INTERRUPT, signal.SIG_DFL)  # a third Ctrl-C kills, even inside native code
+                if main:
+                    _say("\nCtrl-C again: aborting now, without a checkpoint\n")
+                raise KeyboardInterrupt
+            if main:
+                _say("\nCtrl-C: stopping after this step with a checkpoint (exit 75; resume with "
+                     "checkpoint.resume=auto); press Ctrl-C again to abort now without one\n")
+        if self.signum is None or signum != INTERRUPT:
+            self.signum = signum
 
     @property
     def name(self) -> str:
@@ -125,14 +156,22 @@ def torchrun_command(args: list[str]) -> list[str]:
 def run_torchrun(cmd: list[str], env: dict[str, str], output_dir: str | os.PathLike[str]) -> int:
     """Run torchrun (``cmd``) and return the exit code ``automodel run`` should exit with.
 
-    SIGTERM / SIGUSR1 received by this process are forwarded to the training processes (torchrun's
-    children), which checkpoint and exit 75. A failed worker's exit code comes back as is; whenever the
-    workers left the preemption marker, the result is :data:`REQUEUE_EXIT_CODE`.
+    SIGTERM / SIGUSR1 / SIGINT received by this process are forwarded to the training processes (torchrun's
+    children, in sessions of their own: a terminal's Ctrl-C reaches only this process and torchrun, which
+    ignores it), which checkpoint and exit 75 (a second SIGINT: they abort; a third: they are killed). A
+    failed worker's exit code comes back as is; whenever the workers left the preemption marker, the result
+    is :data:`REQUEUE_EXIT_CODE`.
     """
     clear_marker(output_dir)
     proc = subprocess.Popen(cmd, env=env)
+    interrupts = 0
 
     def forward(signum: int, frame: FrameType | None) -> None:
+        nonlocal interrupts
+        if signum == INTERRUPT:
+            interrupts += 1
+            if interrupts >= 3:  # the workers did not abort on the second: kill them
+                signum = signal.SIGKILL
         workers = _children(proc.pid)
         for pid in workers or [proc.pid]:
             try:
@@ -141,7 +180,7 @@ def run_torchrun(cmd: list[str], env: dict[str, str], output_dir: str | os.PathL
                 pass
 
     previous = {}
-    for sig in STOP_SIGNALS:
+    for sig in (*STOP_SIGNALS, INTERRUPT):
         try:
             previous[sig] = signal.signal(sig, forward)
         except ValueError:

@@ -23,7 +23,7 @@ from automodel import config as config_mod
 from automodel import runtime
 from automodel.context import Context
 from automodel.contracts import LOSS_ARGUMENTS, Checkpointer, Dataset, Loss, Parallelizer, accepted_kwargs, member
-from automodel.data import Collator, TrainData, validation_loader
+from automodel.data import Collator, PackedDataset, TrainData, validation_loader
 from automodel.errors import AutomodelError
 from automodel.launch import REQUEUE_EXIT_CODE
 from automodel.mesh import Layout, build_mesh, dp_coordinates
@@ -196,7 +196,8 @@ class Trainer:
         steps_per_epoch = per_epoch // self.accum if per_epoch is not None else None
         if steps_per_epoch == 0:
             raise AutomodelError(
-                f"dataset: {len(train_data)} examples make no full step of {sched.global_batch_size} sequences "
+        unit = "packed rows" if isinstance(train_data, PackedDataset) else "examples"  # packing: rows of several examples
+                f"dataset: {len(train_data)} {unit} make no full step of {sched.global_batch_size} sequences "
                 f"(global_batch_size); lower step_scheduler.global_batch_size or add data"
             )
         if steps_per_epoch is None and sched.max_steps is None:
@@ -209,7 +210,7 @@ class Trainer:
             if member(self.val_data, Dataset, "evaluate") is None:
                 val_collate = member(self.val_data, Dataset, "collate") or builtin
                 self.val_loader = validation_loader(self.val_data, val_collate, sched.local_batch_size, ctx.dp_rank, ctx.dp_size)
-        size = f"{len(train_data)} examples, {steps_per_epoch} steps/epoch" if steps_per_epoch else "streaming"
+        size = f"{len(train_data)} {unit}, {steps_per_epoch} steps/epoch" if steps_per_epoch else "streaming"
         ctx.print(
             f"training {ctx.total_steps} step{'s' if ctx.total_steps != 1 else ''}: {sched.global_batch_size} sequences/step = "
             f"{sched.local_batch_size} x {self.accum} accumulation x {ctx.dp_size} data-parallel; {size}"

@@ -185,8 +185,12 @@ def test_dry_run_prints_script_without_sbatch(tmp_path: Path, model_dir: Path, h
     out = run_cli("run", cfg, how, cwd=tmp_path, env={"PATH": str(tmp_path)})  # no Slurm commands on PATH
     script = tmp_path / "dry" / "slurm" / "job.sbatch"
     assert out.stdout.startswith("#!/bin/bash\n#SBATCH --job-name=automodel-dry")
-    assert script.read_text() in out.stdout and f"submit with: sbatch {script}" in out.stdout
     assert f"-m automodel run {tmp_path / 'dry' / 'config.yaml'}" in out.stdout
+    if how == "--dry-run":  # prints the script, writes nothing (not even config.yaml)
+        assert not (tmp_path / "dry").exists(), sorted(str(p) for p in (tmp_path / "dry").rglob("*"))
+        assert f"launcher.dry_run=true writes this script to {script}" in out.stdout
+        return
+    assert script.read_text() in out.stdout and f"submit with: sbatch {script}" in out.stdout
     saved = yaml.safe_load((tmp_path / "dry" / "config.yaml").read_text())
     assert saved["parallel"] == [{"name": "ddp"}]  # resolved for world size 2 before rendering
 
@@ -306,7 +310,7 @@ def test_two_node_torchrun_script_rendezvous(uninterrupted: dict[str, Any], tmp_
     of 1 task on each of 2 nodes): two torchrun agents meet at the c10d endpoint taken from
     ``scontrol show hostnames``, form world size 2 and train to the same losses."""
     cfg = slurm_cfg(tmp_path, model_dir, "two", {"nodes": 2, "nproc_per_node": 1})
-    out = run_cli("run", cfg, "--dry-run", cwd=tmp_path)
+    out = run_cli("run", cfg, "launcher.dry_run=true", cwd=tmp_path)  # writes config.yaml and the script
     assert "--nnodes=2 --nproc-per-node=1" in out.stdout
     script = tmp_path / "two" / "slurm" / "job.sbatch"
     text = script.read_text()

@@ -148,6 +148,29 @@ def write_atomic(path: Path, text: str) -> None:
     fsync(path.parent)
 
 
+def file_mode() -> int:
+    """The mode a new file gets here: ``0o666`` less the process umask (``0o644`` under umask 022)."""
+    try:  # Linux: read the umask without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def normal_permissions(directory: str | os.PathLike[str], pattern: str = "*.safetensors") -> None:
+    """Give the files ``pattern`` matches in ``directory`` the umask's mode. safetensors (>= 0.6) writes
+    through a private temp file (mode 0600) and renames it, so an exported model would be unreadable to a
+    serving process or another user where every other file is 0644."""
+    mode = file_mode()
+    for f in Path(directory).glob(pattern):
+        if f.is_file() and (f.stat().st_mode & 0o777) != mode:
+            f.chmod(mode)
+
+
 @contextlib.contextmanager
 def quiet_single_process() -> Iterator[None]:
     """Silence DCP's 'assuming the intent is to save/load in a single process' warning (that is the intent)."""

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from automodel.builtin.checkpoint_files import normal_permissions
 from automodel.weights import unwrap
 
 
@@ -41,6 +42,8 @@ def export_hf(model: Any, tokenizer: Any, out_dir: str | Path, ctx: Any) -> Path
         unwrap(model).save_pretrained(out, state_dict=sd, max_shard_size="2GB")
         tokenizer.save_pretrained(out)
         _ensure_index(out)
+    if ctx.is_main:
+        normal_permissions(out)  # safetensors writes 0600 files whatever the umask
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
     return out

@@ -10,6 +10,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from automodel.builtin.checkpoint_files import normal_permissions
+
 PEFT_PREFIX = "base_model.model."  # PeftModel's state-dict prefix in front of the Hugging Face model's names
 
 
@@ -38,6 +40,7 @@ def save_adapter(peft_model: Any, model: Any, tokenizer: Any, out: Path, ctx: An
         peft_model.save_pretrained(str(out), state_dict={PEFT_PREFIX + k: v for k, v in state.items()})
         if tokenizer is not None:
             tokenizer.save_pretrained(str(out))
+        normal_permissions(out)  # safetensors writes 0600 files whatever the umask
     return out
 
 
@@ -54,6 +57,7 @@ def save_merged(peft_model: Any, model: Any, tokenizer: Any, out: Path, ctx: Any
         merged.save_pretrained(str(out))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(out))
+        normal_permissions(out)
     return out
 
 

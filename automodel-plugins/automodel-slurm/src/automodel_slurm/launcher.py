@@ -69,14 +69,18 @@ class SlurmLauncher(SlurmOptions):
         return spec, text, script
 
     def preview(self, job: Any) -> None:
-        """``automodel run --dry-run``: write and print the script, submit nothing."""
-        _, text, script = self._write_script(job)
+        """``automodel run --dry-run``: print the script; write nothing, submit nothing."""
+        text = render(self.script_spec(job))
+        script = Path(job.config["output_dir"]).resolve() / "slurm" / "job.sbatch"
         print(text, end="")
-        print(f"# dry run: not submitted. Script: {script}\n# submit with: sbatch {script}", flush=True)
+        print(f"# dry run: nothing written, nothing submitted. launcher.dry_run=true writes this script to {script}\n"
+              f"# (and {job.config_path}) without submitting it; then: sbatch {script}", flush=True)
 
     def launch(self, job: Any) -> int:
-        if self.dry_run:
-            self.preview(job)
+        if self.dry_run:  # launcher.dry_run=true: write config.yaml (the CLI did) and the script, submit nothing
+            _, text, script = self._write_script(job)
+            print(text, end="")
+            print(f"# dry run: not submitted. Script: {script}\n# submit with: sbatch {script}", flush=True)
             return 0
         spec, _, script = self._write_script(job)
         if self.requeue and (job.config.get("checkpoint") or {}).get("resume") == "never":
