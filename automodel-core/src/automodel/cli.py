@@ -14,11 +14,37 @@ from automodel import __version__
 from automodel.compat import core_version_problems
 from automodel.errors import AutomodelError
 
+#: Entry-point group of plugin commands: ``NAME = "package.module:command"`` (a ``click.Command``).
+COMMAND_ENTRY_POINTS = "automodel.commands"
+
 
 class AutomodelGroup(click.Group):
-    """A click group that adds the plugins' commands (``register_commands``) on first use."""
+    """The core's commands plus the plugins', found without importing any plugin for ``--help``:
+
+    * commands declared as entry points in the group ``automodel.commands`` are listed from package
+      metadata and imported only when run (or asked for their own ``--help``);
+    * the builtin plugin's ``register_commands`` is called directly (it imports nothing heavy);
+    * commands a plugin adds with its ``register_commands`` hook load with every plugin, only when a
+      command name is not found otherwise (they are not listed by ``automodel --help``).
+    """
 
     _plugin_commands_loaded = False
+    _builtin_loaded = False
+    _declared: dict[str, Any] | None = None
+
+    def _load_builtin_commands(self) -> None:
+        if not self._builtin_loaded:
+            self._builtin_loaded = True
+            from automodel import builtin
+
+            builtin.register_commands(cli=self)
+
+    def _entry_point_commands(self) -> dict[str, Any]:
+        if self._declared is None:
+            from importlib.metadata import entry_points
+
+            self._declared = {ep.name: ep for ep in entry_points(group=COMMAND_ENTRY_POINTS)}
+        return self._declared
 
     def _load_plugin_commands(self) -> None:
         if self._plugin_commands_loaded:
@@ -32,15 +58,51 @@ class AutomodelGroup(click.Group):
             click.echo(f"warning: plugin commands not loaded: {e}", err=True)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        self._load_plugin_commands()
-        return super().list_commands(ctx)
+        self._load_builtin_commands()
+        return sorted({*self.commands, *self._entry_point_commands()})
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        cmd = super().get_command(ctx, name)
+        self._load_builtin_commands()
+        cmd = self.commands.get(name)
+        if cmd is None and name in self._entry_point_commands():
+            cmd = self._load_entry_point_command(name)
         if cmd is None:
             self._load_plugin_commands()
-            cmd = super().get_command(ctx, name)
+            cmd = self.commands.get(name)
         return cmd
+
+    def _load_entry_point_command(self, name: str) -> click.Command:
+        from automodel.errors import PluginError
+
+        ep = self._entry_point_commands()[name]
+        dist = f"{ep.dist.metadata['Name']} {ep.dist.version}" if ep.dist is not None else "?"
+        try:
+            cmd = ep.load()
+        except Exception as e:
+            raise PluginError(f"command '{name}' (entry point '{name} = {ep.value}' in group {COMMAND_ENTRY_POINTS}, {dist}) "
+                              f"failed to import: {type(e).__name__}: {e}. Reinstall or uninstall {dist.split()[0]}") from e
+        if not isinstance(cmd, click.Command):
+            raise PluginError(f"command '{name}' (entry point '{name} = {ep.value}', {dist}) is a {type(cmd).__name__}, "
+                              "not a click.Command: point the entry point at the command object")
+        self.add_command(cmd, name)
+        return cmd
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Like click's, but a plugin's entry-point command shows its package instead of being imported."""
+        rows = []
+        limit = formatter.width - 6 - max((len(n) for n in self.list_commands(ctx)), default=0)
+        for name in self.list_commands(ctx):
+            cmd = self.commands.get(name)
+            if cmd is not None:
+                if not cmd.hidden:
+                    rows.append((name, cmd.get_short_help_str(limit)))
+                continue
+            ep = self._entry_point_commands()[name]
+            dist = ep.dist.metadata["Name"] if ep.dist is not None else "a plugin"
+            rows.append((name, f"[{dist}] see: automodel {name} --help"))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 @click.group(cls=AutomodelGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,8 +126,10 @@ plugin_option = click.option(
 )
 
 
-def _prepare(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str, ...], world_size: int | None = None) -> tuple[Any, Any]:
-    """Load, override, load plugins, validate. Returns (:class:`automodel.config.Validated`, plugins)."""
+def _prepare(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str, ...], world_size: int | None = None,
+             run_targets: bool = False) -> tuple[Any, Any]:
+    """Load, override, load plugins, validate (``run_targets``: see :func:`automodel.config.validate`).
+    Returns (:class:`automodel.config.Validated`, plugins)."""
     from automodel import config as config_mod
     from automodel.plugins import load_plugins
 
@@ -73,7 +137,7 @@ def _prepare(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple
     local = list(plugin_modules) + [m for m in raw.get("plugins") or [] if isinstance(m, str)]
     plugins = load_plugins(local)
     plugins.raise_on_failures()
-    return config_mod.validate(raw, plugins, source=config_path, world_size=world_size), plugins
+    return config_mod.validate(raw, plugins, source=config_path, world_size=world_size, run_targets=run_targets), plugins
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -81,33 +145,53 @@ def _prepare(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @plugin_option
 @click.option("--dry-run", is_flag=True, help="Validate, then show what the launcher would start (e.g. the sbatch script) without starting it.")
-def run(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str, ...], dry_run: bool = False) -> None:
+@click.option("--allow-config-change", is_flag=True,
+              help="Resume even though the config changed in ways the checkpoint allows (lr, schedule, steps, data, ...); "
+              "same as checkpoint.allow_config_change=true. See docs/safety.md.")
+def run(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str, ...], dry_run: bool = False,
+        allow_config_change: bool = False) -> None:
     """Validate CONFIG (with overrides) and train, through the configured launcher."""
     from automodel import config as config_mod
     from automodel.contracts import Launcher, member
     from automodel.launch import Job, in_worker
+    from automodel.lock import RunLock, held_by_launcher
 
+    if allow_config_change:
+        overrides = (*overrides, "checkpoint.allow_config_change=true")
     if in_worker():
-        validated, plugins = _prepare(config_path, overrides, plugin_modules, world_size=int(os.environ.get("WORLD_SIZE", 1)))
+        validated, plugins = _prepare(config_path, overrides, plugin_modules, world_size=int(os.environ.get("WORLD_SIZE", 1)),
+                                      run_targets=True)
         from automodel.train import train
 
-        train(validated.config, plugins, validated.layout)
+        # a job whose launcher holds the lock (torchrun) runs under it; one it does not (a Slurm job
+        # after `automodel run` submitted it and exited) takes it on rank 0
+        own = os.environ.get("RANK", "0") == "0" and not held_by_launcher(validated.config["output_dir"])
+        lock = RunLock(validated.config["output_dir"]).acquire() if own else None
+        try:
+            train(validated.config, plugins, validated.layout)
+        finally:
+            if lock is not None:
+                lock.release()
         return
-    validated, plugins = _prepare(config_path, overrides, plugin_modules)
+    validated, plugins = _prepare(config_path, overrides, plugin_modules, run_targets=not dry_run)
     cfg, launcher = validated.config, validated.launcher
     out = Path(cfg["output_dir"])
-    out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.yaml"
-    saved.write_text(config_mod.dump(cfg))  # the one copy: workers and `automodel export` read it
-    job = Job(cfg, saved.resolve(), list(plugin_modules), plugins, validated.layout)
-    if dry_run:
+    if dry_run:  # a dry run writes nothing (an existing run's config.yaml stays as it is) and runs no _target_
+        job = Job(cfg, saved.resolve(), list(plugin_modules), plugins, validated.layout)
+        name = cfg["launcher"].get("name", cfg["launcher"].get("_target_"))
+        if launcher is None:
+            raise AutomodelError(f"--dry-run: the launcher is a _target_ ({name}), which a dry run does not call; "
+                                 f"`automodel validate {config_path}` checked the config")
         preview = member(launcher, Launcher, "preview")
         if preview is None:
-            name = cfg["launcher"].get("name", cfg["launcher"].get("_target_"))
             raise AutomodelError(f"--dry-run: the '{name}' launcher has no dry run; `automodel validate {config_path}` checks the config")
         preview(job)
         return
-    code = launcher.launch(job)
+    with RunLock(out, report=lambda m: click.echo(m, err=True)):  # before config.yaml: a second run changes nothing
+        saved.write_text(config_mod.dump(cfg))  # the one copy: workers and `automodel export` read it
+        job = Job(cfg, saved.resolve(), list(plugin_modules), plugins, validated.layout)
+        code = launcher.launch(job)
     sys.exit(code)
 
 
@@ -250,6 +334,28 @@ def export_cmd(checkpoint: str, out_dir: str, merged: bool | None, plugin_module
     extras = {} if merged is None else {"export_merged": merged}
     out = export_checkpoint(checkpoint, out_dir, plugin_modules, extras=extras)
     click.echo(f"exported {checkpoint} to {out}")
+
+
+@cli.command()
+@click.argument("run_dirs", metavar="RUN_DIR...", nargs=-1, required=True)
+@click.option("-o", "--output", "output", default="report.html", show_default=True, type=click.Path(dir_okay=False),
+              help="The HTML page to write.")
+@click.option("--png", is_flag=True, help="Also write the curves as a static image next to it (<output stem>.png; needs matplotlib).")
+def report(run_dirs: tuple[str, ...], output: str, png: bool) -> None:
+    """Plot one or more runs in one self-contained HTML page (no network when opened): loss, validation
+    loss, lr, grad norm, tokens/s and memory against steps and tokens seen, runs overlaid, their config
+    differences and a summary of each (plugins, parallel layout, time, checkpoints).
+
+    \b
+    automodel report runs/lr-1e-4 runs/lr-3e-4 -o compare.html --png
+    """
+    from automodel.report import write_report
+
+    page, image, runs, skipped = write_report(list(run_dirs), output, png=png)
+    for note in skipped:
+        click.echo(f"warning: skipped {note}", err=True)
+    steps = ", ".join(f"{r.name} ({max(r.train)} steps)" for r in runs)
+    click.echo(f"wrote {page} ({len(runs)} run(s): {steps})" + (f" and {image}" if image else ""))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -109,14 +109,48 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
+def _duplicate_keys(node: Any, path: str = "") -> list[Problem]:
+    """Keys given twice in one mapping (YAML keeps the last one silently), with both line numbers."""
+    out: list[Problem] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = key_node.value
+            where = f"{path}.{key}" if path else str(key)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                out.append(Problem(where, f"duplicate key (line {seen[key]} and line {line}); YAML would keep only the last",
+                                   "remove one of them"))
+            else:
+                seen[key] = line
+            out += _duplicate_keys(value_node, where)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out += _duplicate_keys(item, f"{path}.{i}" if path else str(i))
+    return out
+
+
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
+        what = "is a directory, not a config file" if path.is_dir() else "not found"
         raise ConfigError(
-            [Problem("", f"config file not found: {path}", "check the path; example: examples/quickstart/config.yaml")]
+            [Problem("", f"config file {what}: {path}", "check the path; example: examples/quickstart/config.yaml")]
         )
+    raw_bytes = path.read_bytes()
     try:
-        data = parse_yaml(path.read_text())
+        text = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw_bytes[: e.start].count(b"\n") + 1
+        raise ConfigError([Problem("", f"{path} is not UTF-8 text (byte 0x{raw_bytes[e.start]:02x} at line {line}, offset {e.start})",
+                                   "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")], str(path)) from None
+    try:
+        duplicates = _duplicate_keys(yaml.compose(text, Loader=_Loader))  # noqa: S506 - a SafeLoader subclass
+        if duplicates:
+            raise ConfigError(duplicates, str(path))
+        data = parse_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -135,6 +169,11 @@ def _walk_to(cfg: Any, parts: list[str], create: bool, full: str) -> tuple[Any, 
         if isinstance(node, dict) and key not in node:
             if not create:
                 raise ConfigError([Problem(full, f"'{'.'.join(parts[: i + 1])}' does not exist")])
+            if parts[i + 1].lstrip("-").isdigit():  # parallel.0.size=4 on a config without parallel:
+                where = ".".join(parts[: i + 1])
+                raise ConfigError([Problem(full, f"'{where}' is not set in the config, so it has no item {parts[i + 1]} to change",
+                                           f"set the whole list instead, e.g. '{where}=[{{name: ..., {'.'.join(parts[i + 2:]) or 'key'}: ...}}]' "
+                                           f"(quoted for the shell)")])
             node[key] = {}
         node = node[key]
     return node, _index(node, parts[-1], full)
@@ -156,6 +195,9 @@ def apply_overrides(cfg: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     for item in overrides:
         if item.startswith("~"):
             parts = item[1:].split(".")
+            if not all(parts):
+                raise ConfigError([Problem(item, f"malformed override {item!r}: an empty part in the key path",
+                                           "e.g. ~loggers.1")])
             node, key = _walk_to(cfg, parts, create=False, full=item)
             if isinstance(node, dict) and key not in node:
                 raise ConfigError([Problem(item, f"cannot delete '{item[1:]}': it is not set")])
@@ -166,14 +208,12 @@ def apply_overrides(cfg: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         path, _, raw = item.partition("=")
         if not path.strip():
             raise ConfigError([Problem(item, "an override needs a key before '='", "e.g. optimizer.lr=3e-4")])
+        if any(not part.strip() or part != part.strip() for part in path.split(".")):
+            raise ConfigError([Problem(path, f"malformed override {item!r}: every part of the key path between dots must be "
+                                       "a non-empty name or list index", "e.g. optimizer.lr=3e-4 or parallel.0.size=2")])
         try:
             value = parse_yaml(raw) if raw else ""
         except yaml.YAMLError as e:
-            if parts[i + 1].lstrip("-").isdigit():  # parallel.0.size=4 on a config without parallel:
-                where = ".".join(parts[: i + 1])
-                raise ConfigError([Problem(full, f"'{where}' is not set in the config, so it has no item {parts[i + 1]} to change",
-                                           f"set the whole list instead, e.g. '{where}=[{{name: ..., {'.'.join(parts[i + 2:]) or 'key'}: ...}}]' "
-                                           f"(quoted for the shell)")])
             # a mapping (or a list of them) that does not parse: say why. Other strings stay strings
             # (a regular expression such as [qv]_proj is not YAML either).
             if raw.lstrip().startswith(("[", "{")) and ": " in raw:
@@ -187,6 +227,7 @@ def apply_overrides(cfg: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
 
 
 _INTERP = re.compile(r"\$\{(env:([A-Za-z_][A-Za-z0-9_]*)(?:,([^}]*))?|cfg_dir)\}")
+_ANY_INTERP = re.compile(r"\$\{[^}]*\}?")
 
 
 def interpolate(cfg: Any, cfg_dir: str, problems: list[Problem], key: str = "") -> Any:
@@ -209,6 +250,12 @@ def interpolate(cfg: Any, cfg_dir: str, problems: list[Problem], key: str = "") 
         problems.append(Problem(key, f"environment variable {var} is not set", f"export {var}=... or write ${{env:{var},default}}"))
         return ""
 
+    unknown = [m for m in _ANY_INTERP.findall(cfg) if not _INTERP.fullmatch(m)]
+    if unknown:
+        problems.append(Problem(key, f"unknown interpolation {unknown[0]}",
+                                "supported: ${env:VAR}, ${env:VAR,default} and ${cfg_dir}"
+                                + (f" (did you mean ${{env:{unknown[0][2:-1].partition(':')[2]}}}?)" if ":" in unknown[0] else "")))
+        return cfg
     out = _INTERP.sub(sub, cfg)
     if _INTERP.fullmatch(cfg) and m_is_env(cfg):
         try:
@@ -374,7 +421,12 @@ def _component_factory(
             if "name" in section:
                 problems.append(Problem(key, "give either 'name' or '_target_', not both"))
                 return None, args
-            return import_target(str(section["_target_"]), what=f"{key}._target_"), args
+            target = import_target(str(section["_target_"]), what=f"{key}._target_")
+            if not callable(target):
+                problems.append(Problem(f"{key}._target_", f"'{section['_target_']}' is a {type(target).__name__} "
+                                        f"({target!r:.60}), not a callable", "name a class or function"))
+                return None, args
+            return target, args
         if "name" not in section:
             problems.append(Problem(key, f"missing 'name' (a registered {KINDS[kind][1]})", f"installed: {', '.join(plugins.registry.names(kind))}"))
             return None, args
@@ -402,12 +454,18 @@ def resolve(
 
 
 def validate(
-    raw: dict[str, Any], plugins: Plugins, source: str | None = None, world_size: int | None = None
+    raw: dict[str, Any], plugins: Plugins, source: str | None = None, world_size: int | None = None,
+    run_targets: bool = False,
 ) -> Validated:
     """Fill defaults and validate every section; raise ConfigError with every problem found.
 
     ``world_size`` is the number of processes when known (inside a launched worker); otherwise the
     launcher's ``world_size`` (None when it cannot know before launch).
+
+    A ``_target_`` callable named by the config is only imported and its signature checked: it is
+    called (a ``_target_`` launcher or parallelizer built to plan the layout) only with ``run_targets``,
+    which ``automodel run`` sets and ``automodel validate`` / ``--dry-run`` never do. Then
+    ``Validated.launcher`` is None for a ``_target_`` launcher, and the layout is planned without it.
     """
     problems: list[Problem] = []
     cfg: dict[str, Any] = {}
@@ -474,23 +532,43 @@ def validate(
         problems.append(Problem("step_scheduler.val_every_steps", "is set but there is no validation_dataset to evaluate",
                                 "add a validation_dataset: section, or remove val_every_steps"))
     out_dir = cfg.get("output_dir")
-    if isinstance(out_dir, str) and Path(out_dir).expanduser().exists() and not Path(out_dir).expanduser().is_dir():
-        problems.append(Problem("output_dir", f"{out_dir} exists and is not a directory", "choose another output_dir"))
+    if isinstance(out_dir, str):
+        problems += _output_dir_problems(out_dir)
     clip = cfg.get("clip_grad_norm")
     if isinstance(clip, (int, float)) and clip <= 0:
         problems.append(Problem("clip_grad_norm", f"must be > 0 or null (no clipping), got {clip}", "e.g. 1.0"))
     launcher = layout = None
     if not problems:
-        launcher = build_component(plugins, "launchers", cfg["launcher"])
-        if world_size is None:
+        if run_targets or "_target_" not in cfg["launcher"]:
+            launcher = build_component(plugins, "launchers", cfg["launcher"])
+        if world_size is None and launcher is not None:
             world_size = member(launcher, Launcher, "world_size")
-        layout, layout_problems = _check_layout(cfg, plugins, world_size)
-        problems += layout_problems
+        if run_targets or not any("_target_" in item for item in cfg["parallel"]):
+            layout, layout_problems = _check_layout(cfg, plugins, world_size)
+            problems += layout_problems
     if problems:
         raise ConfigError(problems, source)
     for section, factory in built:
         _absolute_paths(section, factory)
     return Validated(cfg, launcher, layout)
+
+
+def _output_dir_problems(out_dir: str) -> list[Problem]:
+    """``output_dir`` must be (or become) a directory: not a file, not under a file, writable."""
+    if not out_dir.strip():
+        return [Problem("output_dir", "is empty", "e.g. output_dir: runs/my-run")]
+    path = Path(out_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        return [Problem("output_dir", f"{out_dir} exists and is not a directory", "choose another output_dir")]
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return [Problem("output_dir", f"{out_dir} is under {parent}, which is a file, not a directory",
+                                "choose another output_dir")]
+            if not path.exists() and not os.access(parent, os.W_OK | os.X_OK):
+                return [Problem("output_dir", f"cannot create {out_dir}: {parent} is not writable", "choose another output_dir")]
+            break
+    return []
 
 
 def _absolute_paths(section: dict[str, Any], factory: Callable[..., Any]) -> None:
@@ -544,8 +622,63 @@ def load(
     return raw
 
 
-def dump(cfg: dict[str, Any]) -> str:
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+# --------------------------------------------------------------------------------------------------
+# Secrets: never written resolved to a file or a logger
+# --------------------------------------------------------------------------------------------------
+
+_SECRET_KEY = re.compile(
+    r"secret|password|passwd|credential|(?:^|_)(?:api|access|private|auth)_?key$|^apikey$"
+    r"|^(?:[a-z]+_)?(?:hf|hub|auth|access|api|bearer|refresh|id|wandb|github|gh)_token$|^token$",
+    re.IGNORECASE,
+)
+_SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIAL", re.IGNORECASE)
+#: prefix of the environment variables that carry a masked literal secret to the processes a run starts
+SECRET_ENV_PREFIX = "AUTOMODEL_SECRET_"
+MASK = "***"
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether a config key names a credential (``token``, ``hf_token``, ``api_key``, ``password``,
+    ``*secret*``...). Special-token keys such as ``pad_token`` are not secrets."""
+    return bool(_SECRET_KEY.search(str(name).replace("-", "_")))
+
+
+def redacted(cfg: Any) -> Any:
+    """A copy of ``cfg`` that is safe to write or log: no credential in it.
+
+    * A string that contains the value of an environment variable whose name names a secret
+      (``HF_TOKEN``, ``WANDB_API_KEY``, ``*_PASSWORD``...; what ``${env:HF_TOKEN}`` resolved to) gets
+      the interpolation back: ``${env:HF_TOKEN}``.
+    * A literal string under a key that names a secret (:func:`is_secret_key`) becomes
+      ``${env:AUTOMODEL_SECRET_<KEY_PATH>,***}`` and the value goes into this process's environment under
+      that name: the processes a run starts (torchrun workers, a Slurm job) inherit it and resolve the
+      saved config to the real value; anywhere else it reads as ``***``.
+    """
+    env = sorted(((k, v) for k, v in os.environ.items() if _SECRET_ENV.search(k) and len(v) >= 6
+                  and not k.startswith(SECRET_ENV_PREFIX)), key=lambda kv: -len(kv[1]))
+
+    def walk(node: Any, path: str, key: str) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v, f"{path}.{k}" if path else str(k), str(k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, f"{path}.{i}", key) for i, v in enumerate(node)]
+        if not isinstance(node, str) or not node:
+            return node
+        for name, value in env:
+            if value in node:
+                node = node.replace(value, f"${{env:{name}}}")
+        if is_secret_key(key) and "${env:" not in node:
+            name = SECRET_ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", path).upper()
+            os.environ[name] = node
+            node = f"${{env:{name},{MASK}}}"
+        return node
+
+    return walk(copy.deepcopy(cfg), "", "")
+
+
+def dump(cfg: dict[str, Any], redact: bool = True) -> str:
+    """The config as YAML, with credentials kept out (:func:`redacted`) unless ``redact`` is False."""
+    return yaml.safe_dump(redacted(cfg) if redact else cfg, sort_keys=False, default_flow_style=None)
 
 
 def component_providers(cfg: dict[str, Any], plugins: Plugins) -> list[str]:

@@ -39,7 +39,14 @@ class ConfigError(AutomodelError):
         self.source = source
         where = f" in {source}" if source else ""
         n = len(self.problems)
-        head = f"{n} problem{'s' if n != 1 else ''}{where}:"
+        if n == 1:  # one line that names the key (or the file) first, then the fix
+            p = self.problems[0]
+            head = f"{p.key}: {p.message}{where}" if p.key else (f"{source}: {p.message}" if source else p.message)
+            super().__init__(head + (f"\n    -> {p.hint}" if p.hint else ""))
+            return
+        keys = [p.key for p in self.problems if p.key]
+        named = f" ({', '.join(dict.fromkeys(keys))})" if keys else ""
+        head = f"{n} problems{where}{named}:"
         super().__init__("\n".join([head] + [f"  - {p}" for p in self.problems]))
 
 

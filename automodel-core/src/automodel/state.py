@@ -83,7 +83,10 @@ class TrainState:
 
 
 def rng_state() -> dict[str, Any]:
-    """The random generators of this process: python, numpy (when installed), torch CPU and CUDA."""
+    """The random generators of this process: python, numpy (when installed), torch CPU and CUDA.
+
+    Only tensors, numbers, strings and tuples: a checkpoint loads it with ``torch.load(weights_only=True)``
+    (data, never code). numpy's state is stored as its parts (the key array as a tensor)."""
     import random
 
     import torch
@@ -92,7 +95,8 @@ def rng_state() -> dict[str, Any]:
     try:
         import numpy as np
 
-        state["numpy"] = np.random.get_state()
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        state["numpy"] = (str(name), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
     except ImportError:
         pass
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -112,7 +116,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
         try:
             import numpy as np
 
-            np.random.set_state(state["numpy"])
+            name, keys, pos, has_gauss, gauss = state["numpy"]
+            keys = keys.numpy() if hasattr(keys, "numpy") else keys
+            np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
         except ImportError:
             pass
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():

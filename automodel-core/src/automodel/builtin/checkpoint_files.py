@@ -20,8 +20,12 @@ moves: a process killed at any moment leaves at worst a temp dir, never a half-w
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import enum
+import importlib
 import json
 import os
+import pickle
 import re
 import warnings
 import zlib
@@ -39,6 +43,57 @@ _STEP_DIR = re.compile(r"step_(\d+)")
 
 class CheckpointError(AutomodelError):
     """A checkpoint cannot be used: missing, incomplete, or written by a different model."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A save failed for lack of space (full disk, quota, file-size limit): the last good checkpoint
+    stays ``latest``. Exit code 74 (``EX_IOERR``)."""
+
+    exit_code = 74
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """A checkpoint file holds something other than data (a pickled callable): refused, never run."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading pickles as data only: DCP's .metadata is a pickle
+# --------------------------------------------------------------------------------------------------
+
+_SAFE_BUILTINS = {"set", "frozenset", "list", "dict", "tuple", "int", "float", "str", "bytes", "bool", "complex", "slice"}
+
+
+class DataUnpickler(pickle.Unpickler):
+    """Unpickles DCP metadata: classes that are plain records (dataclasses, enums, named tuples) of
+    ``torch.distributed.checkpoint``, torch dtypes/``Size``/layouts, paths and builtin containers.
+    Anything else (``os.system``, ``builtins.eval``, ...) is refused: loading a checkpoint runs no code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = False
+        if module == "builtins":
+            allowed = name in _SAFE_BUILTINS
+        elif module == "collections":
+            allowed = name in ("OrderedDict", "defaultdict")
+        elif module in ("pathlib", "pathlib._local"):
+            allowed = name in ("Path", "PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath")
+        elif module == "torch.serialization":
+            allowed = name == "_get_layout"
+        elif module == "torch" or module.startswith("torch.distributed.checkpoint."):
+            obj = getattr(importlib.import_module(module), name.split(".")[0], None)
+            for part in name.split(".")[1:]:
+                obj = getattr(obj, part, None)
+            import torch
+
+            allowed = (
+                isinstance(obj, (torch.dtype, torch.layout, torch.memory_format)) or obj is torch.Size
+                or (isinstance(obj, type) and (dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum)
+                                               or (issubclass(obj, tuple) and hasattr(obj, "_fields"))))
+            )
+            if allowed:
+                return obj
+        if not allowed:
+            raise pickle.UnpicklingError(f"{module}.{name} is not data (refused: loading a checkpoint never runs code)")
+        return super().find_class(module, name)
 
 
 # --------------------------------------------------------------------------------------------------

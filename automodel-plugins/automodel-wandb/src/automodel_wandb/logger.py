@@ -49,6 +49,8 @@ class WandbLogger:
     ):
         import wandb
 
+        from automodel.config import redacted  # credentials never reach the run's config
+
         self.wandb, self.ctx, self.log_model = wandb, ctx, log_model
         self.started = time.time()
         directory = Path(dir) if dir else Path(ctx.output_dir)
@@ -61,7 +63,7 @@ class WandbLogger:
         run_id = (metadata or {}).get("wandb", {}).get("run_id")
         self.run = wandb.init(
             project=project, entity=entity, name=run_name, group=group, tags=tags, notes=notes, mode=mode,
-            dir=str(directory), config=ctx.config, id=run_id, resume="allow" if run_id else None,
+            dir=str(directory), config=redacted(ctx.config or {}), id=run_id, resume="allow" if run_id else None,
         )
         if metadata is not None:
             metadata["wandb"] = {"run_id": self.run.id}
