@@ -105,6 +105,9 @@ class LoRA:
 
         meta = any(p.is_meta for p in model.parameters())
         config = self.lora_config()
+        if self.exclude_modules is None and getattr(model, "automodel_lora_exclude", None):
+            # the loader's default scope (automodel-vlm: the language model only, not the vision tower)
+            config.exclude_modules = model.automodel_lora_exclude
         targets = check_targets(model, config)
         with warnings.catch_warnings():  # peft calls an attribute transformers 5 deprecated; not the user's to fix
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -229,6 +232,16 @@ def validate_args(args: dict[str, Any]) -> list[tuple[str, str, str]]:
 LoRA.validate_args = staticmethod(validate_args)  # type: ignore[attr-defined]
 
 
+def _is_excluded(config: Any, name: str) -> bool:
+    """``name`` is left alone by ``exclude_modules`` (a regex over full names, or names), as peft decides."""
+    exclude = config.exclude_modules
+    if not exclude:
+        return False
+    if isinstance(exclude, str):
+        return re.fullmatch(exclude, name) is not None
+    return any(name == e or name.endswith("." + e) for e in exclude)
+
+
 def _names(value: Any) -> Any:
     """A bare module name given as a string (``target_modules: q_proj``) means that name, not a regex
     that would have to match the full module path."""
@@ -263,7 +276,7 @@ def check_targets(model: Any, config: Any) -> list[str]:
     problems: list[str] = []
     target = config.target_modules
     if isinstance(target, str) and target == ALL_LINEAR:
-        matched = [n for n in linear_layer_names(model) if modules[n] is not head]
+        matched = [n for n in linear_layer_names(model) if modules[n] is not head and not _is_excluded(config, n)]
     else:
         matched = [n for n in names if check_target_module_exists(config, n)]
         if isinstance(target, str):
