@@ -194,9 +194,9 @@ class Trainer:
         self.accum = sched.grad_accum_steps(ctx.dp_size)
         per_epoch = self.data.micro_batches_per_epoch()
         steps_per_epoch = per_epoch // self.accum if per_epoch is not None else None
+        unit = "packed rows" if isinstance(train_data, PackedDataset) else "examples"  # packing: rows of several examples
         if steps_per_epoch == 0:
             raise AutomodelError(
-        unit = "packed rows" if isinstance(train_data, PackedDataset) else "examples"  # packing: rows of several examples
                 f"dataset: {len(train_data)} {unit} make no full step of {sched.global_batch_size} sequences "
                 f"(global_batch_size); lower step_scheduler.global_batch_size or add data"
             )
