@@ -388,7 +388,8 @@ def check_arguments(
             problems.append(type_problem(f"{key}.{arg}", value, param.annotation))
     for name, param in named.items():
         if param.default is inspect.Parameter.empty and name not in args:
-            problems.append(Problem(f"{key}.{name}", "missing required argument", f"add {name}: <{describe(param.annotation)}>"))
+            kind = "value" if param.annotation is inspect.Parameter.empty else describe(param.annotation)
+            problems.append(Problem(f"{key}.{name}", "missing required argument", f"add {name}: <{kind}>"))
     if custom and not problems:
         problems += custom_problems(factory, args, key, config)
     return problems

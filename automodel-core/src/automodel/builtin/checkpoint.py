@@ -243,7 +243,7 @@ class Checkpointer:
         limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
         limit_text = f"; the file-size limit (ulimit -f) is {limit / 2**20:.1f} MiB" if limit != resource.RLIM_INFINITY else ""
         reason = _NO_ROOM.get(getattr(found, "errno", None), "no room") if found is not None else "no room"
-        what = f" writing {found.filename}" if found is not None and found.filename else ""
+        what = f" writing {found.filename}" if found is not None and found.filename else f" while writing {tmp}"
         kept = (f"the last good checkpoint step {previous[-1]} is kept and stays latest" if previous
                 else "no earlier checkpoint exists")
         if self.ctx.is_main:
@@ -472,6 +472,7 @@ class Checkpointer:
             changes = self._config_check(path, meta)
             fresh = [{k: v for k, v in g.items() if k != "params"} for g in state["optimizer"].param_groups]
             fresh_base = list(getattr(state.get("lr_scheduler"), "base_lrs", []) or []) or None
+            _reader(path).read_metadata()  # data only: a planted pickle is refused here, by name
             try:
                 with quiet_single_process():
                     dcp.load(sd, storage_reader=_reader(path), planner=_planner())
@@ -532,6 +533,7 @@ class Checkpointer:
         sd = get_model_state_dict(model)
         meta = check_identity(found, model, self.ctx.config, sd,
                               f"export: the model rebuilt from the config does not match the checkpoint {found}")
+        _reader(found).read_metadata()  # data only: a planted pickle is refused here, by name
         with quiet_single_process():
             dcp.load({"model": sd}, storage_reader=_reader(found), planner=_planner())
         set_model_state_dict(model, sd)

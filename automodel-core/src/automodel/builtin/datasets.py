@@ -262,6 +262,31 @@ def _peek_record(path: Path) -> dict[str, Any] | None:
     return None
 
 
+#: JSONL files up to this size are checked line by line before anything is built (larger: the first part)
+JSONL_CHECK_BYTES = 256 << 20
+
+
+def _bad_jsonl_line(path: Path) -> str | None:
+    """The first line of a JSONL file that is not a JSON object, described; None when all are fine."""
+    read = 0
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            read += len(raw)
+            if read > JSONL_CHECK_BYTES:
+                return None
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except UnicodeDecodeError as e:
+                return f"line {n} of {path.name} is not UTF-8 text ({e.reason})"
+            except ValueError as e:
+                return f"line {n} of {path.name} is not valid JSON: {e}: {raw[:60].decode(errors='replace').strip()!r}"
+            if not isinstance(record, dict):
+                return f"line {n} of {path.name} is a JSON {type(record).__name__}, not an object"
+    return None
+
+
 def _peek_columns(path: Path) -> list[str] | None:
     record = _peek_record(path)
     return list(record) if isinstance(record, dict) else None
@@ -282,6 +307,13 @@ def _file_problems(args: dict[str, Any]) -> tuple[list[tuple[str, str, str]], Pa
                  "relative paths are relative to the current directory; write ${cfg_dir}/... for files next to the config")], None
     if p.is_file() and p.stat().st_size == 0:
         return [("path", f"{path} is empty", "")], None
+    if p.is_dir() and not any(f.is_file() and not f.name.startswith(".") for f in p.rglob("*")):
+        return [("path", f"{path} is an empty directory (no data files in it)",
+                 f"point dataset.path at a data file ({', '.join(FORMATS)}) or a directory that holds some")], None
+    if p.is_file() and p.suffix == ".jsonl":
+        bad = _bad_jsonl_line(p)
+        if bad:
+            return [("path", bad, "each line must be one JSON object, e.g. {\"prompt\": \"...\", \"response\": \"...\"}")], None
     if p.is_file() and p.suffix not in FORMATS:
         return [("path", f"unsupported file type '{p.suffix}'", f"use one of {', '.join(FORMATS)}")], None
     return [], p if p.is_file() else None
@@ -520,11 +552,35 @@ def chat(
                   num_proc=num_proc, limit=limit, streaming=streaming)
 
 
-def _chat_validate(args: dict[str, Any]) -> list[tuple[str, str, str]]:
+def _tokenizer_has_chat_template(config: dict[str, Any]) -> tuple[str, bool] | None:
+    """(tokenizer directory, whether it has a chat template) for a local tokenizer named by the model
+    section, read from its files without loading it; None when that cannot be known cheaply."""
+    model = (config or {}).get("model") or {}
+    source = model.get("tokenizer") or model.get("pretrained")
+    if not isinstance(source, str):
+        return None
+    d = Path(source).expanduser()
+    if not (d / "tokenizer_config.json").is_file():
+        return None
+    if (d / "chat_template.jinja").is_file() or (d / "chat_template.json").is_file():
+        return source, True
+    try:
+        return source, bool(json.loads((d / "tokenizer_config.json").read_text()).get("chat_template"))
+    except (OSError, ValueError):
+        return None
+
+
+def _chat_validate(args: dict[str, Any], config: dict[str, Any] | None = None) -> list[tuple[str, str, str]]:
     out, p = _file_problems(args)
     if out:
         return out
-    out = _column_problems(args, p, {"messages": "messages"})
+    if args.get("chat_template") is None:
+        found = _tokenizer_has_chat_template(config or {})
+        if found is not None and not found[1]:
+            out.append(("chat_template", f"is not set and the tokenizer at {found[0]} has no chat template",
+                        "set dataset.chat_template to a Jinja template (the text, or a path to a .jinja file), "
+                        "or use a tokenizer that has one"))
+    out += _column_problems(args, p, {"messages": "messages"})
     template = args.get("chat_template")
     if isinstance(template, str) and "{%" not in template and "{{" not in template and not Path(template).expanduser().is_file():
         out.append(("chat_template", f"{template!r} is neither a Jinja template nor an existing file", ""))
@@ -714,3 +770,15 @@ def mock(
 ) -> MockDataset:
     """Random tokens, for benchmarks and smoke tests. ``vocab_size`` defaults to the tokenizer's."""
     return MockDataset(num_samples, seq_len, vocab_size or len(tokenizer), seed)
+
+
+def _mock_validate(args: dict[str, Any]) -> list[tuple[str, str, str]]:
+    out = []
+    for key, least in (("num_samples", 1), ("seq_len", 2), ("vocab_size", 2)):
+        value = args.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value < least:
+            out.append((key, f"must be at least {least}, got {value}", "a sequence needs 2 tokens to predict one" if key == "seq_len" else ""))
+    return out
+
+
+mock.validate_args = _mock_validate  # type: ignore[attr-defined]

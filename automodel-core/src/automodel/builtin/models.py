@@ -108,6 +108,17 @@ def _hf_validate(args: dict[str, Any]) -> list[tuple[str, str, str]]:
         out.append(("", "give exactly one of 'pretrained' (path or hub id) or 'config' (a dict with model_type)", "e.g. pretrained: ./my-model"))
     if config and "model_type" not in config:
         out.append(("config.model_type", "missing", "e.g. model_type: llama"))
+    if isinstance(config, dict):
+        out += _shape_problems(config, "config.")
+    elif isinstance(pretrained, str) and (Path(pretrained).expanduser() / "config.json").is_file():
+        try:
+            import json
+
+            spec = json.loads((Path(pretrained).expanduser() / "config.json").read_text())
+        except (OSError, ValueError) as e:
+            out.append(("pretrained", f"{pretrained}/config.json is not readable JSON: {e}", ""))
+        else:
+            out += [("pretrained", f"{pretrained}/config.json: {message}", hint) for _, message, hint in _shape_problems(spec, "")]
     if config and not args.get("tokenizer"):
         out.append(("tokenizer", "a model built from 'config' needs a tokenizer path or hub id", "e.g. tokenizer: ./tokenizer"))
     for key in ("pretrained", "tokenizer"):
@@ -116,6 +127,24 @@ def _hf_validate(args: dict[str, Any]) -> list[tuple[str, str, str]]:
             out.append((key, f"local path not found: {value} (resolved: {Path(value).expanduser().resolve()})",
                         "relative paths are relative to the current directory; write ${cfg_dir}/... for paths next to the config"))
     return out
+
+
+def _shape_problems(spec: dict[str, Any], prefix: str) -> list[tuple[str, str, str]]:
+    """Attention head counts that cannot split the hidden size (transformers would fail deep in a reshape)."""
+    hidden, heads, kv = spec.get("hidden_size"), spec.get("num_attention_heads"), spec.get("num_key_value_heads")
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (hidden, heads))
+    if not ints:
+        return []
+    if heads < 1:
+        return [(f"{prefix}num_attention_heads", f"must be >= 1, got {heads}", "")]
+    if spec.get("head_dim") is None and hidden % heads:
+        divisors = [d for d in range(1, min(hidden, 128) + 1) if hidden % d == 0][-4:]
+        return [(f"{prefix}num_attention_heads", f"{heads} does not divide hidden_size {hidden}",
+                 f"use a divisor of {hidden}, e.g. {', '.join(map(str, divisors))}")]
+    if isinstance(kv, int) and not isinstance(kv, bool) and (kv < 1 or heads % kv):
+        return [(f"{prefix}num_key_value_heads", f"{kv} does not divide num_attention_heads {heads}",
+                 "grouped-query attention needs num_attention_heads to be a multiple of num_key_value_heads")]
+    return []
 
 
 hf.validate_args = _hf_validate  # type: ignore[attr-defined]
