@@ -32,6 +32,7 @@ from automodel.plugins import Plugins
 from automodel.profiler import Profiler
 from automodel.signals import Preempted, StopFlag, clear_marker, write_marker
 from automodel.state import StepScheduler, TrainState
+from automodel.summary import RunSummary
 from automodel.weights import unwrap
 
 #: Dense bf16 peak per device, for the MFU estimate (``peak_tflops:`` in the config overrides it).
@@ -111,6 +112,7 @@ class Trainer:
         if not os.environ.get("AUTOMODEL_VERBOSE"):
             runtime.quiet_libraries()
         self.cfg, self.plugins = cfg, plugins
+        self.summary = RunSummary()  # the one-line summary at the end (and summary.json)
         self.sched = StepScheduler(**cfg["step_scheduler"])
         self.stop = StopFlag().install()  # SIGTERM/SIGUSR1: checkpoint at the next step boundary, exit 75
         self.ctx = ctx = self._setup_processes(layout)
@@ -302,6 +304,7 @@ class Trainer:
             step = self.train_state.step
             if member(self.checkpointer, Checkpointer, "save_final") and self.saved_step != step:
                 self.save(step)
+            out = None
             if member(self.checkpointer, Checkpointer, "export_hf"):
                 out = export_model(self.built, self.checkpointer, ctx, ctx.output_dir / "hf")
                 ctx.print(f"exported Hugging Face model to {out}")
@@ -309,6 +312,7 @@ class Trainer:
             self._finish(metrics, teardown=False)
             raise
         self._finish(metrics)
+        self.summary.finish(self, out)
         return metrics
 
     def log(self, step: int, result: StepResult) -> dict[str, Any]:
@@ -375,6 +379,7 @@ class Trainer:
             loss_sum, tokens = float(total[0]) / replicas, float(total[1]) / replicas
             metrics = {"val_loss": loss_sum / max(tokens, 1.0), "val_tokens": int(tokens)}
         self.model.train()
+        self.summary.validation(step, metrics, self.train_state)
         for lg in self.loggers:
             lg.log(metrics, step)
         self.plugins.hook.on_validation_end(ctx=self.ctx, step=step, metrics=metrics)
