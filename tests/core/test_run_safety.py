@@ -15,7 +15,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -419,5 +418,14 @@ def test_workers_of_the_holding_launcher_do_not_lock_again(tmp_path: Path, monke
     assert TOKEN_ENV not in os.environ
 
 
-if __name__ == "__main__":
-    print(textwrap.dedent(__doc__ or ""))
+def test_a_slurm_job_adopts_the_lock_of_the_process_that_submitted_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from automodel.lock import TOKEN_ENV, lock_for_worker
+
+    _plant(tmp_path, age=1, host="login-node", token="submitted")  # `automodel run` on the login node, still alive
+    monkeypatch.setenv(TOKEN_ENV, "submitted")  # the job inherited the token (sbatch --export=ALL)
+    lock = lock_for_worker(tmp_path)
+    assert lock is not None
+    info = json.loads((tmp_path / LOCK_NAME).read_text())
+    assert info["pid"] == os.getpid() and info["token"] == lock.token != "submitted"
+    lock.release()
+    assert not (tmp_path / LOCK_NAME).exists()

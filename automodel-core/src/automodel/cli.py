@@ -136,8 +136,9 @@ def _prepare(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple
     raw = config_mod.load(config_path, overrides)
     local = list(plugin_modules) + [m for m in raw.get("plugins") or [] if isinstance(m, str)]
     plugins = load_plugins(local)
-    plugins.raise_on_failures()
-    return config_mod.validate(raw, plugins, source=config_path, world_size=world_size, run_targets=run_targets), plugins
+    # a broken installed plugin blocks only a config that needs it (else: a warning)
+    return plugins.validate_with(lambda: config_mod.validate(raw, plugins, source=config_path, world_size=world_size,
+                                                             run_targets=run_targets)), plugins
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -154,7 +155,7 @@ def run(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str,
     from automodel import config as config_mod
     from automodel.contracts import Launcher, member
     from automodel.launch import Job, in_worker
-    from automodel.lock import RunLock, held_by_launcher
+    from automodel.lock import RunLock, lock_for_worker
 
     if allow_config_change:
         overrides = (*overrides, "checkpoint.allow_config_change=true")
@@ -163,10 +164,9 @@ def run(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str,
                                       run_targets=True)
         from automodel.train import train
 
-        # a job whose launcher holds the lock (torchrun) runs under it; one it does not (a Slurm job
-        # after `automodel run` submitted it and exited) takes it on rank 0
-        own = os.environ.get("RANK", "0") == "0" and not held_by_launcher(validated.config["output_dir"])
-        lock = RunLock(validated.config["output_dir"]).acquire() if own else None
+        # rank 0 of a job whose launcher holds the lock (torchrun) runs under it; one whose launcher does
+        # not (a Slurm job: `automodel run` submitted it and exits) takes or adopts it (see lock_for_worker)
+        lock = lock_for_worker(validated.config["output_dir"]) if os.environ.get("RANK", "0") == "0" else None
         try:
             train(validated.config, plugins, validated.layout)
         finally:

@@ -217,6 +217,27 @@ class RunLock:
         self.release()
 
 
+def lock_for_worker(output_dir: str | os.PathLike[str], report: Any = print) -> RunLock | None:
+    """The lock a launched process (rank 0) holds for the life of its run, or None when its launcher
+    holds it for it (torchrun on this host: the lock carries the token from this process's environment
+    and its holder is alive here). A lock with that token whose holder is elsewhere or gone (the
+    ``automodel run`` that submitted this Slurm job) is adopted: rewritten with this process as holder,
+    so the submitting process's exit does not release it. Otherwise the lock is taken as usual."""
+    lock = RunLock(output_dir, report=report)
+    token, info = os.environ.get(TOKEN_ENV), lock.read()
+    if not (token and info and info.get("token") == token):
+        return lock.acquire()
+    if info.get("host") == socket.gethostname() and _pid_alive(int(info.get("pid", -1))):
+        return None
+    lock.token = uuid.uuid4().hex
+    tmp = lock.path.with_name(f"{LOCK_NAME}.{lock.token}")
+    tmp.write_text(json.dumps(lock._record()))
+    os.replace(tmp, lock.path)
+    lock._start_heartbeat()
+    os.environ[TOKEN_ENV] = lock.token
+    return lock
+
+
 def held_by_launcher(output_dir: str | os.PathLike[str]) -> bool:
     """Inside a launched process: whether the lock on ``output_dir`` is the one the launcher holds
     (its token is in this process's environment)."""

@@ -115,7 +115,8 @@ def config_record(config: dict[str, Any]) -> dict[str, Any]:
     their fingerprint, and a digest of every data file they name (a moved file is not a change, an edited one is)."""
     from automodel.config import redacted
 
-    flat = _flatten(redacted(config))
+    flat = {k: v for k, v in _flatten(redacted(config)).items()
+            if k not in ("checkpoint.allow_config_change", "checkpoint.resume")}  # how to resume, not what
     trajectory = {k: v for k, v in flat.items() if change_kind(k) != "free"}
     files = {k: d for k, v in trajectory.items() if (d := _file_digest(v))}
     digest = hashlib.sha256(json.dumps(trajectory, sort_keys=True, default=str).encode()).hexdigest()[:16]
