@@ -22,6 +22,7 @@ When the section is off the loop holds ``None`` and pays one ``is None`` test pe
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -67,6 +68,7 @@ class Profiler:
         self.first, self.last = spec.start_step, spec.start_step + spec.num_steps - 1
         self.dir = Path(spec.dir) if spec.dir else Path(ctx.output_dir) / "profile"
         self.prof: Any = None
+        self.marker: Any = None  # record_function("ProfilerStep#N") of the step being profiled
         self.cuda_memory = False
         self.files: list[Path] = []
 
@@ -104,6 +106,18 @@ class Profiler:
         self.prof = profile(activities=activities, profile_memory=memory, record_shapes=self.spec.record_shapes or memory,
                             with_stack=self.spec.with_stack or memory)
         self.prof.start()
+        self._mark(self.first)
+
+    def _mark(self, step: int | None) -> None:
+        """Close the current step's range in the trace and (``step``) open the next one."""
+        from torch.profiler import record_function
+
+        if self.marker is not None:
+            self.marker.__exit__(None, None, None)
+            self.marker = None
+        if step is not None:
+            self.marker = record_function(f"ProfilerStep#{step}")
+            self.marker.__enter__()
 
     def step(self, step: int) -> None:
         """Called after optimizer step ``step``: starts before ``start_step``, stops after the last one."""
@@ -111,13 +125,15 @@ class Profiler:
             if step == self.first - 1:
                 self.start()
             return
-        self.prof.step()
         if step >= self.last:
             self.stop(step)
+        else:
+            self._mark(step + 1)
 
     def stop(self, step: int) -> None:
         import torch
 
+        self._mark(None)
         prof, self.prof = self.prof, None
         prof.stop()
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -140,7 +156,9 @@ class Profiler:
         elif self.spec.memory:
             timeline = self.dir / f"rank{rank}.memory_timeline.json"
             try:
-                prof.export_memory_timeline(str(timeline), device=str(self.ctx.device))
+                with warnings.catch_warnings():  # deprecated for CUDA (snapshots replace it); CPU has nothing else
+                    warnings.simplefilter("ignore", FutureWarning)
+                    prof.export_memory_timeline(str(timeline), device=str(self.ctx.device))
                 self.files.append(timeline)
             except Exception as e:  # noqa: BLE001 - the trace is written; the timeline is a bonus
                 print(f"profile: rank {rank}: no memory timeline ({type(e).__name__}: {e})", flush=True)

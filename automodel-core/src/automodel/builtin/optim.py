@@ -183,7 +183,7 @@ def adafactor(
     import torch
 
     groups = _grouped("adafactor", params, lr, weight_decay, decay_embeddings, list(no_decay), lr_multipliers or {})
-    return torch.optim.Adafactor(groups, lr=lr, beta2_decay=beta2_decay, eps=tuple(eps), d=d,
+    return full_tensor_step(torch.optim.Adafactor)(groups, lr=lr, beta2_decay=beta2_decay, eps=tuple(eps), d=d,
                                  weight_decay=weight_decay, foreach=foreach)
 
 
@@ -225,7 +225,50 @@ def adamw_8bit(
     bnb = import_bitsandbytes()
 
     groups = _grouped("adamw_8bit", params, lr, weight_decay, decay_embeddings, list(no_decay), lr_multipliers or {})
-    return bnb.optim.AdamW8bit(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, min_8bit_size=min_8bit_size)
+    return full_tensor_step(bnb.optim.AdamW8bit)(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, min_8bit_size=min_8bit_size)
+
+
+_FULL_TENSOR_CLASSES: dict[type, type] = {}
+
+
+def full_tensor_step(base: type) -> type:
+    """``base`` (an optimizer class whose update needs whole tensors or custom kernels: Adafactor's row and
+    column statistics, bitsandbytes' 8-bit kernels) made to work with DTensor (fsdp2, tp) parameters: each
+    sharded parameter is gathered with its gradient, stepped as a plain tensor exactly as in one process,
+    and its shard copied back. Its state is then plain, replicated tensors (identical on every rank, which
+    DCP saves once): small for Adafactor (factored), the full 8-bit moments for ``adamw_8bit``. Plain
+    parameters take the optimizer's own path unchanged."""
+    if base in _FULL_TENSOR_CLASSES:
+        return _FULL_TENSOR_CLASSES[base]
+    import torch
+
+    def step(self: Any, closure: Any = None) -> Any:
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        swaps = []
+        with torch.no_grad():
+            for group in self.param_groups:
+                for i, p in enumerate(group["params"]):
+                    if isinstance(p, DTensor) and p.grad is not None:
+                        full = p.full_tensor()
+                        full.grad = p.grad.full_tensor()
+                        self.state[full] = self.state.pop(p, {})
+                        group["params"][i] = full
+                        swaps.append((group, i, p, full))
+        try:
+            return base.step(self, closure)
+        finally:
+            with torch.no_grad():
+                for group, i, p, full in swaps:
+                    group["params"][i] = p
+                    self.state[p] = self.state.pop(full, {})
+                    shard = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None)
+                    p.to_local().copy_(shard.to_local())
+                    full.grad = None
+
+    cls = type(base.__name__, (base,), {"step": step, "__module__": __name__, "__doc__": base.__doc__})
+    _FULL_TENSOR_CLASSES[base] = cls
+    return cls
 
 
 def _is_muon_matrix(name: str, p: Any) -> bool:
@@ -387,7 +430,7 @@ def wsd_factor(step: int, total_steps: int, warmup_steps: int, decay_steps: int,
     decay_start = max(warmup_steps, total_steps - decay_steps)
     if step < decay_start:
         return 1.0
-    progress = min(1.0, (step - decay_start) / max(1, total_steps - decay_start))
+    progress = min(1.0, (step - decay_start + 1) / max(1, total_steps - decay_start))  # the last step: min_lr
     if decay_type == "linear":
         shape = 1 - progress
     elif decay_type == "cosine":
@@ -401,8 +444,8 @@ def wsd(optimizer: Any, total_steps: int, warmup_steps: int = 0, decay_ratio: fl
         decay_type: Literal["linear", "cosine", "sqrt"] = "linear", min_lr_ratio: float = 0.0,
         min_lr: float | None = None) -> Any:
     """Warmup-stable-decay: linear warmup over ``warmup_steps``, the optimizer's lr until the last
-    ``decay_steps`` (default ``decay_ratio`` x total steps), then ``decay_type`` decay to ``min_lr`` (or
-    ``min_lr_ratio`` x lr). A run can be continued from any stable-phase checkpoint with more steps."""
+    ``decay_steps`` (default ``decay_ratio`` x the steps after warmup), then ``decay_type`` decay reaching
+    ``min_lr`` (or ``min_lr_ratio`` x lr) at the last step. A run can be continued from any stable-phase checkpoint with more steps."""
     low = floor_ratio(optimizer, min_lr, min_lr_ratio)
     n_decay = decay_steps if decay_steps is not None else math.ceil(decay_ratio * max(0, total_steps - warmup_steps))
     return _lambda(optimizer, lambda s: wsd_factor(s, total_steps, warmup_steps, n_decay, decay_type, low))
