@@ -35,6 +35,8 @@ FIRST_PARTY: dict[tuple[str, str], str] = {
     ("parallelizers", "tp"): "automodel-tp",
     ("model_transforms", "lora"): "automodel-lora",
     ("model_transforms", "fp8"): "automodel-fp8",
+    ("model_transforms", "qlora"): "automodel-qlora",
+    ("model_loaders", "hf_quantized"): "automodel-qlora",
     ("losses", "triton_ce"): "automodel-triton-ce",
     ("losses", "chunked_ce"): "automodel-triton-ce",
     ("launchers", "slurm"): "automodel-slurm",

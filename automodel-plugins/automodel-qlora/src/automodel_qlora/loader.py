@@ -238,12 +238,13 @@ def _layout_problems(args: dict[str, Any], config: dict[str, Any]) -> list[tuple
         elif name == "fsdp2" and isinstance(p, dict) and p.get("cpu_offload"):
             out.append((f"parallel.{i}.cpu_offload: not supported with a quantized base (untested with NF4Tensor)",
                         "remove cpu_offload; the NF4 base already takes a quarter of the bf16 memory"))
+        elif name == "fsdp2" and isinstance(p, dict) and p.get("param_dtype"):
+            out.append((f"parallel.{i}.param_dtype: torchao's NF4 all-gather does not apply FSDP2's mixed-precision "
+                        "param_dtype (its fsdp_post_all_gather keeps the NF4 dtype)",
+                        "remove param_dtype and set model.dtype (the dtype of the activations and unquantized weights)"))
         elif name == "tp":
             out.append((f"parallel.{i}: {name} cannot split quantized weights (no DTensor sharding of packed 4-/8-bit blocks)",
                         "use ddp" + (" or fsdp2" if BACKENDS[backend].fsdp2 else "")))
-        elif False and name == "ddp" and backend == "torchao":
-            out.append((f"parallel.{i}: ddp with torchao's NF4 weights is not supported (DistributedDataParallel "
-                        "broadcasts the weights as plain tensors)", "use fsdp2 with torchao, or backend: bitsandbytes with ddp"))
     return out
 
 
