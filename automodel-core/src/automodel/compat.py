@@ -12,6 +12,7 @@ Importing this module does not import torch.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable
 from importlib import metadata
@@ -27,8 +28,6 @@ _warned: set[str] = set()
 def incompatible_plugins(infos: Iterable[Any], core_version: str = __version__) -> list[tuple[Any, str]]:
     """``(plugin info, specifier)`` for each installed plugin whose distribution requires an
     ``automodel-core`` range that ``core_version`` is not in. Builtins and local modules are skipped."""
-    from packaging.requirements import InvalidRequirement, Requirement
-
     out = []
     for info in infos:
         if not getattr(info, "dist", None) or info.source == "builtin":
@@ -38,6 +37,15 @@ def incompatible_plugins(infos: Iterable[Any], core_version: str = __version__) 
         except metadata.PackageNotFoundError:
             continue
         for line in requires:
+            if not _CORE_NAME.match(line):
+                continue  # another requirement: not parsed at all
+            simple = _simple_contains(line, core_version)
+            if simple is not None:  # the usual "automodel-core>=0.1,<0.2": no packaging import (~0.1 s)
+                if not simple[0]:
+                    out.append((info, simple[1]))
+                continue
+            from packaging.requirements import InvalidRequirement, Requirement
+
             try:
                 req = Requirement(line)
             except InvalidRequirement:
@@ -49,6 +57,39 @@ def incompatible_plugins(infos: Iterable[Any], core_version: str = __version__) 
             if not req.specifier.contains(core_version, prereleases=True):
                 out.append((info, str(req.specifier)))
     return out
+
+
+_CORE_NAME = re.compile(r"^\s*automodel[-_.]core\b", re.IGNORECASE)
+_SIMPLE_REQ = re.compile(r"^\s*automodel[-_.]core\s*\(?\s*((?:(?:>=|<=|==|!=|~=|<|>)\s*\d+(?:\.\d+)*\s*,?\s*)*)\)?\s*$",
+                         re.IGNORECASE)
+_CLAUSE = re.compile(r"(>=|<=|==|!=|~=|<|>)\s*(\d+(?:\.\d+)*)")
+
+
+def _simple_contains(line: str, version: str) -> tuple[bool, str] | None:
+    """``(version satisfies the requirement, its specifier)`` for a plain numeric requirement line
+    (``automodel-core>=0.1,<0.2``); None for anything else (markers, extras, wildcards, pre-releases),
+    which :mod:`packaging` then reads."""
+    m = _SIMPLE_REQ.match(line)
+    if m is None or not re.fullmatch(r"\d+(\.\d+)*", version):
+        return None
+    clauses = _CLAUSE.findall(m.group(1))
+    if not clauses:
+        return True, ""
+
+    def key(v: str, n: int) -> tuple[int, ...]:
+        parts = [int(x) for x in v.split(".")]
+        return tuple(parts + [0] * (n - len(parts)))
+
+    ok = True
+    for op, bound in clauses:
+        n = max(len(version.split(".")), len(bound.split(".")))
+        v, b = key(version, n), key(bound, n)
+        if op == "~=":
+            prefix = bound.split(".")[:-1] or bound.split(".")
+            ok &= v >= b and version.split(".")[: len(prefix)] == prefix
+        else:
+            ok &= {">=": v >= b, "<=": v <= b, "==": v == b, "!=": v != b, "<": v < b, ">": v > b}[op]
+    return ok, ",".join(sorted(f"{op}{bound}" for op, bound in clauses))  # as packaging writes a SpecifierSet
 
 
 def core_version_problems(infos: Iterable[Any], core_version: str = __version__) -> list[str]:

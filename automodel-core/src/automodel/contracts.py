@@ -258,6 +258,19 @@ class Logger(Protocol):
     ``tokens_per_s``, ``peak_mem_gb``, ``tokens_seen``, ``label_tokens``, ``mfu`` where known) and, on
     validation steps, a separate validation-only record (``val_loss``, ``val_tokens``, ...) for the same
     step. ``close()`` is called once at the end, also after an error or a preemption stop.
+
+    Resuming: loggers are built *after* the checkpoint is restored, so at construction
+    ``ctx.train_state.step`` is the step the run resumes from (0 for a fresh run), and
+    ``ctx.train_state.metadata`` holds what the logger stored there in the saved run (a dict carried
+    by every checkpoint: keep a run id under your plugin's name to continue the same run). The killed
+    run may have logged steps after its last checkpoint; they are trained and logged again, so a logger
+    that writes a file or a database drops (or overwrites) its records after
+    ``ctx.train_state.step``: a resumed run ends with exactly one record per step (the builtin
+    ``jsonl`` logger does this).
+
+    Failing: a ``log`` or ``close`` that raises disables this logger for the rest of the run with a
+    warning that names it (plugin, config key, step); training goes on, and the run ends with the
+    warning repeated (exit code 0 if training finished).
     """
 
     def log(self, metrics: dict[str, Any], step: int) -> None: ...

@@ -9,6 +9,7 @@ and :class:`StreamingDataset` (an iterable dataset the loop shards, skips and pa
 
 from __future__ import annotations
 
+import collections
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -34,6 +35,67 @@ def _packed_detection_available() -> bool:
     return True
 
 
+class BadRecord(AutomodelError):
+    """An item of a dataset that does not fit the dataset contract (found by the collator)."""
+
+    bad_record = True
+
+    def __init__(self, position: int, message: str, index: int | None = None):
+        self.position, self.detail = position, message
+        where = f"example {position + 1} of the micro-batch"
+        if index is not None:
+            where = f"record {index} ({where})"
+        super().__init__(f"{where}: {message}")
+
+
+def _ids(example: Any, key: str, position: int, vocab_size: int | None, labels: bool = False) -> torch.Tensor:
+    value = example.get(key)
+    if value is None:
+        raise BadRecord(position, f"has no '{key}' (keys: {', '.join(map(str, example)) or 'none'})")
+    if isinstance(value, torch.Tensor):
+        t = value
+    else:
+        try:
+            t = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise BadRecord(position, f"{key} is not a list of int: {str(e).splitlines()[0]} ({str(value)[:60]})") from None
+    if t.dim() != 1:
+        raise BadRecord(position, f"{key} must be a flat list of int, got shape {tuple(t.shape)}")
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        j = next((j for j, v in enumerate(value) if not isinstance(v, int) or isinstance(v, bool)), 0) if not isinstance(value, torch.Tensor) else 0
+        v = value[j]
+        raise BadRecord(position, f"{key}[{j}] is {type(v).__name__} {v!r}: token ids must be int "
+                                  "(a float would be cut to an integer silently)")
+    low = -100 if labels else 0
+    bad = (t < low) | ((t >= vocab_size) if vocab_size else torch.zeros_like(t, dtype=torch.bool))
+    if labels:
+        bad &= t != -100
+    if bool(bad.any()):
+        j = int(bad.nonzero()[0])
+        allowed = f"0..{vocab_size - 1}" if vocab_size else ">= 0"
+        raise BadRecord(position, f"{key}[{j}] = {int(t[j])} is not a token id ({allowed}{' or -100' if labels else ''})")
+    return t.long()
+
+
+def check_example(example: Any, position: int, vocab_size: int | None = None) -> dict[str, Any]:
+    """``example`` with ``input_ids``/``labels`` (and ``position_ids``) as 1-d long tensors, or a
+    :class:`BadRecord` naming what is wrong: not a dict, a key missing, float or out-of-vocabulary
+    token ids, lengths that differ."""
+    if not isinstance(example, dict):
+        raise BadRecord(position, f"is a {type(example).__name__}, not a dict with input_ids and labels")
+    out = dict(example)
+    out["input_ids"] = _ids(example, "input_ids", position, vocab_size)
+    out["labels"] = _ids(example, "labels", position, vocab_size, labels=True)
+    if len(out["input_ids"]) != len(out["labels"]) or len(out["input_ids"]) == 0:
+        raise BadRecord(position, f"input_ids ({len(out['input_ids'])}) and labels ({len(out['labels'])}) must have the "
+                                  "same, non-zero length")
+    if "position_ids" in example:
+        out["position_ids"] = _ids(example, "position_ids", position, None)
+        if len(out["position_ids"]) != len(out["input_ids"]):
+            raise BadRecord(position, f"position_ids ({len(out['position_ids'])}) and input_ids ({len(out['input_ids'])}) differ in length")
+    return out
+
+
 class Collator:
     """Pad a list of examples to the longest, shift labels by one (the loss contract), build masks.
 
@@ -45,11 +107,13 @@ class Collator:
     -100: no sample learns to predict the next sample's first token.
     """
 
-    def __init__(self, pad_id: int):
+    def __init__(self, pad_id: int, vocab_size: int | None = None):
         self.pad_id = pad_id
+        self.vocab_size = vocab_size
         self._checked = False
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        examples = [check_example(e, i, self.vocab_size) for i, e in enumerate(examples)]
         n = max(len(e["input_ids"]) for e in examples)
         ids = torch.full((len(examples), n), self.pad_id, dtype=torch.long)
         labels = torch.full((len(examples), n), -100, dtype=torch.long)
@@ -291,6 +355,7 @@ class ResumableSampler:
     def __init__(self, sampler: Any):
         self.sampler = sampler
         self.skip = 0
+        self.recent: collections.deque[int] = collections.deque(maxlen=1)  # the indices of the last micro-batch
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.sampler, "set_epoch"):
@@ -298,7 +363,9 @@ class ResumableSampler:
 
     def __iter__(self) -> Any:
         skip, self.skip = self.skip, 0
-        return itertools.islice(iter(self.sampler), skip, None)
+        for i in itertools.islice(iter(self.sampler), skip, None):
+            self.recent.append(i)
+            yield i
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -332,6 +399,7 @@ class TrainData:
         self.sampler = ResumableSampler(
             DistributedSampler(dataset, num_replicas=dp_size, rank=dp_rank, shuffle=True, seed=seed, drop_last=True)
         )
+        self.sampler.recent = collections.deque(maxlen=local_batch_size)
         # its own generator: starting an epoch then draws no number from the global RNG, whose
         # checkpointed state therefore continues identically after a mid-epoch resume (dropout)
         self.loader = DataLoader(dataset, batch_size=local_batch_size, sampler=self.sampler, collate_fn=collate,
@@ -351,11 +419,26 @@ class TrainData:
             skip = state.epoch_samples // self.samples_per_batch
             state.epoch_samples = skip * self.samples_per_batch
             self.sampler.skip = skip * self.loader.batch_size
-            for batch in self.loader:
+            for batch in self._named_records(self.loader):
                 state.epoch_samples += self.samples_per_batch
                 yield batch
             state.epoch += 1
             state.epoch_samples = 0
+
+    def _named_records(self, loader: Any) -> Iterator[dict[str, torch.Tensor]]:
+        """The loader's batches; a :class:`BadRecord` gets the record's index in the dataset."""
+        it = iter(loader)
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except BadRecord as e:
+                recent = list(self.sampler.recent)
+                if e.position < len(recent):
+                    raise BadRecord(e.position, e.detail, index=recent[e.position]) from None
+                raise
+            yield batch
 
     def _stream_batches(self, state: TrainState) -> Iterator[dict[str, torch.Tensor]]:
         while True:

@@ -210,7 +210,12 @@ def register_loggers(register: Register) -> None:
 def register_commands(cli: click.Group) -> None:
     """Add subcommands to the ``automodel`` CLI: decorate functions with ``@cli.command()``.
 
-    Called when the CLI starts; keep it light (no torch import at module level).
+    Prefer declaring a command as an entry point instead (``automodel new-plugin NAME --kind command``
+    does): ``[project.entry-points."automodel.commands"] my-cmd = "my_pkg.commands:command"`` (a
+    ``click.Command``). ``automodel --help`` lists those from the package metadata without importing
+    any plugin, and ``automodel my-cmd`` imports that module alone. Commands added by this hook are
+    loaded, with every plugin, only when the command name is not found otherwise: they work, but
+    ``automodel --help`` does not list them. Keep the module light (no torch import at module level).
     """
 
 

@@ -18,20 +18,21 @@ import importlib
 import inspect
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, TypeVar
 
 import pluggy
 
 from automodel import hookspecs
 from automodel.compat import warn_incompatible_plugins
-from automodel.errors import PluginError, did_you_mean
+from automodel.errors import AutomodelError, PluginError, did_you_mean
 from automodel.hookspecs import PROJECT
 from automodel.registry import KINDS, Entry, Registry
 
 ENTRY_POINT_GROUP = "automodel"
+T = TypeVar("T")
 DEFAULT_PLUGINS = ("automodel.builtin",)
 _IMPL_MARKER = f"{PROJECT}_impl"  # the attribute @hookimpl sets on a function
 
@@ -103,6 +104,37 @@ class Plugins:
                 "Fix or reinstall the plugin, uninstall it, or skip it with AUTOMODEL_LOAD_PLUGINS=<the others>."
             )
             raise PluginError("\n".join(lines)) from self.failed[0].exception
+
+    def validate_with(self, validate: Callable[[], T]) -> T:
+        """Run ``validate`` (a config's validation) with the plugins that loaded.
+
+        A plugin the user named (``--plugin``, ``plugins:``) that failed stops here. An installed plugin
+        that failed blocks only if the config does not validate without it (then its failure comes
+        first, the config's problems after); otherwise it is one warning per plugin on stderr, and the
+        run goes on without it."""
+        named = [i for i in self.failed if i.source == "local"]
+        if named:
+            self._raise(named)
+        if not self.failed:
+            return validate()
+        try:
+            result = validate()
+        except AutomodelError as e:
+            self._raise(self.failed, f"The config cannot be used without {'it' if len(self.failed) == 1 else 'them'}:\n{e}")
+        from automodel.launch import in_worker
+
+        if not in_worker():
+            for info in self.failed:
+                print(f"warning: {info.failure.splitlines()[0]}\n    this config does not use it, so the run goes on "
+                      "without it; fix or uninstall the plugin (or AUTOMODEL_LOAD_PLUGINS=<the others>)", file=sys.stderr)
+        return result
+
+    def _raise(self, failed: list[PluginInfo], more: str | None = None) -> None:
+        lines = [i.failure for i in failed]
+        lines.append("Fix or reinstall the plugin, uninstall it, or skip it with AUTOMODEL_LOAD_PLUGINS=<the others>.")
+        if more:
+            lines.append(more)
+        raise PluginError("\n".join(lines)) from failed[0].exception
 
     def provider_of(self, kind: str, name: str) -> str:
         return self.registry.get(kind, name).provider
@@ -265,10 +297,16 @@ def _register_all(pm: pluggy.PluginManager, registry: Registry, by_name: dict[st
                 if meta.get("description"):
                     _info.descriptions.setdefault(_kind, {})[name] = str(meta["description"])
 
+            if info.error:  # failed in an earlier registration hook
+                continue
             others = [p for n, p in plugins.items() if n != impl.plugin_name]
             try:
                 pm.subset_hook_caller(hook_name, others)(register=register)
-            except PluginError:
+            except PluginError:  # a bad register() call or two plugins claiming one name: fix before any run
                 raise
-            except Exception as e:
-                raise PluginError(f"plugin '{info.name}': {hook_name}() raised {_short_error(e)}") from e
+            except Exception as e:  # this plugin cannot be used; the others can (see Plugins.validate_with)
+                info.fail(PluginError(f"plugin '{info.name}': {hook_name}() raised {_short_error(e)}"))
+                info.exception.__cause__ = e  # type: ignore[union-attr]
+                registry.remove_plugin(info.name)
+                info.registers.clear()
+                pm.unregister(name=info.name)

@@ -128,6 +128,12 @@ class Registry:
             raise PluginError(duplicate_message(table[entry.name], entry))
         table[entry.name] = entry
 
+    def remove_plugin(self, plugin: str) -> None:
+        """Forget everything ``plugin`` registered (it failed while registering)."""
+        for table in self._entries.values():
+            for name in [n for n, e in table.items() if e.plugin == plugin]:
+                del table[name]
+
     def names(self, kind: str) -> list[str]:
         return sorted(self._entries[kind])
 

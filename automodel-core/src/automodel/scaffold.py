@@ -306,16 +306,20 @@ def on_train_end(ctx, metrics):
         (ctx.output_dir / "{name}_end.json").write_text(json.dumps({{"loss": metrics.get("loss")}}))
 '''
 
-COMMAND_FUNCTION = '''
+COMMAND_MODULE = '''"""The ``automodel {command}`` command.
 
-@hookimpl
-def register_commands(cli):
-    import click
+Declared in pyproject.toml as an entry point of the group ``automodel.commands``, so ``automodel --help``
+lists it from the package metadata without importing this package, and ``automodel {command}`` imports
+this module alone. Keep heavy imports (torch) inside the function.
+"""
 
-    @cli.command(name="{command}")
-    def {package}_command() -> None:
-        """Say hello from the {name} plugin (add your own subcommands here)."""
-        click.echo("hello from {name}")
+import click
+
+
+@click.command(name="{command}")
+def command() -> None:
+    """Say hello from the {name} plugin (add your own options here)."""
+    click.echo("hello from {name}")
 '''
 
 
@@ -360,7 +364,7 @@ def create(name: str, kinds: list[str], directory: Path) -> Path:
     components = [k for k in kinds if k in KINDS]
     init = [f'"""automodel plugin {dist}: {", ".join(kinds)}.\n\nKeep this module light: it is imported by every '
             f'`automodel` command. Register components as\n"module:attr" strings so torch loads only when one is used.\n"""'
-            "\n\nfrom automodel import hookimpl\n"]
+            + ("\n\nfrom automodel import hookimpl\n" if set(kinds) - {"command"} else "\n")]
     for kind in components:
         spec = KINDS[kind]
         attr = spec.attr.format(**fill)
@@ -371,7 +375,9 @@ def create(name: str, kinds: list[str], directory: Path) -> Path:
     if "hook" in kinds:
         init.append(HOOK_FUNCTIONS.format(**fill))
     if "command" in kinds:
-        init.append(COMMAND_FUNCTION.format(**fill))
+        (src / "commands.py").write_text(COMMAND_MODULE.format(**fill))
+        fill["commands_ep"] = (f'\n# `automodel {fill["command"]}`: listed by `automodel --help` without importing the plugin\n'
+                               f'[project.entry-points."automodel.commands"]\n{fill["command"]} = "{package}.commands:command"\n')
     (src / "__init__.py").write_text("".join(init))
     (root / "pyproject.toml").write_text(_pyproject(fill))
     (root / "README.md").write_text(_readme(fill, kinds))
@@ -399,7 +405,7 @@ test = ["pytest>=8"]
 # how automodel finds the plugin: NAME = the module with the @hookimpl functions
 [project.entry-points.automodel]
 {fill["name"]} = "{fill["package"]}"
-
+{fill.get("commands_ep", "")}
 [tool.setuptools.packages.find]
 where = ["src"]
 '''
@@ -476,5 +482,6 @@ def test_hooks_run_during_training(tmp_path, automodel_config):
 
 def test_command():
     assert run_cli("{fill["command"]}").stdout.strip() == "hello from {fill["name"]}"
+    assert "{fill["command"]}" in run_cli("--help").stdout  # listed without importing the plugin
 '''
     return out

@@ -25,6 +25,7 @@ from automodel.context import Context
 from automodel.contracts import LOSS_ARGUMENTS, Checkpointer, Dataset, Loss, Parallelizer, accepted_kwargs, member
 from automodel.data import Collator, PackedDataset, TrainData, validation_loader
 from automodel.errors import AutomodelError
+from automodel.faults import ComponentFault, Origin, call_hook, origin_of, warn
 from automodel.launch import REQUEUE_EXIT_CODE
 from automodel.mesh import Layout, build_mesh, dp_coordinates
 from automodel.model import build_model, export_model
@@ -130,14 +131,19 @@ class Trainer:
         self._setup_data()
         setup = member(self.loss_fn, Loss, "setup")
         if setup is not None:  # after the model is built and parallelized (and the data), before the optimizer
-            setup(self.model, ctx)
+            try:
+                setup(self.model, ctx)
+            except AutomodelError:
+                raise
+            except Exception as e:
+                raise ComponentFault(self._origin("losses", cfg["loss"]), "in setup(model, ctx)", exc=e) from e
         self.optimizer = self._build("optimizers", cfg["optimizer"], self.params)
         self.lr_scheduler = self._build("lr_schedulers", cfg["lr_scheduler"], self.optimizer, total_steps=ctx.total_steps)
         self.checkpointer = self._build("checkpointers", cfg["checkpoint"], ctx)
         self.train_state = ctx.train_state = TrainState()
         self.state = {"model": self.model, "optimizer": self.optimizer, "lr_scheduler": self.lr_scheduler,
                       "train_state": self.train_state}
-        self.resumed = self.checkpointer.load(self.state)
+        self.resumed = self._checkpointer_call("loading the checkpoint to resume from", self.checkpointer.load, self.state)
         self.saved_step, self.saved_path = self.resumed, None  # the newest checkpoint of this run (path: if it wrote it)
         if self.resumed is not None:
             ctx.print(f"resumed from step {self.resumed}")
@@ -145,6 +151,8 @@ class Trainer:
                 ctx.print(f"warning: the checkpoint is at step {self.resumed} and the run ends at step {ctx.total_steps}: "
                           "nothing to train; raise step_scheduler.max_steps to continue, or use checkpoint.resume=never")
         self.loggers = [self._build("loggers", spec, ctx) for spec in cfg["loggers"]] if ctx.is_main else []
+        self.logger_origins = {id(lg): self._origin("loggers", spec) for lg, spec in zip(self.loggers, cfg["loggers"])}
+        self.failed_loggers: list[str] = []  # loggers disabled after raising (the run goes on without them)
         if ctx.world_size > 1:  # what loggers stored in train_state.metadata (a run id) is saved by every rank
             box = [self.train_state.metadata]
             dist.broadcast_object_list(box, src=0)
@@ -158,7 +166,23 @@ class Trainer:
     # -- setup ------------------------------------------------------------------------------------
 
     def _build(self, kind: str, section: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        return config_mod.build_component(self.plugins, kind, section, *args, **kwargs)
+        """Build a component; a factory that raises is a :class:`ComponentFault` naming it."""
+        try:
+            return config_mod.build_component(self.plugins, kind, section, *args, **kwargs)
+        except AutomodelError:
+            raise
+        except Exception as e:
+            raise ComponentFault(self._origin(kind, section), "building it", step=None, exc=e) from e
+
+    def _origin(self, kind: str, section: dict[str, Any]) -> Origin:
+        """Kind, name, config key and plugin of the component ``section`` (a section of ``self.cfg``)."""
+        key = kind
+        for k, v in self.cfg.items():
+            if v is section:
+                key = k
+            elif isinstance(v, list):
+                key = next((f"{k}.{i}" for i, item in enumerate(v) if item is section), key)
+        return origin_of(self.plugins, kind, section, key)
 
     def _setup_processes(self, layout: Layout | None) -> Context:
         """Device, process group, layout and mesh; the Context every component sees."""
@@ -189,7 +213,7 @@ class Trainer:
 
     def _setup_data(self) -> None:
         ctx, sched = self.ctx, self.sched
-        builtin = Collator(self.built.tokenizer.pad_token_id)
+        builtin = Collator(self.built.tokenizer.pad_token_id, getattr(self.hf_model.config, "vocab_size", None))
         train_data = self._build("datasets", self.cfg["dataset"], ctx, self.built.tokenizer)
         collate = member(train_data, Dataset, "collate") or builtin  # a dataset's own collate (VLM: pixel_values)
         self.data = TrainData(train_data, collate, sched.local_batch_size, ctx.dp_rank, ctx.dp_size, self.cfg["seed"])
@@ -250,7 +274,29 @@ class Trainer:
             given.update(hidden_states=self.hidden.value, lm_head_weight=self.hf_model.get_output_embeddings().weight)
         else:
             given["logits"] = self.model(**inputs, use_cache=False).logits
-        return self.loss_fn(**{k: given[k] for k in self.loss_args if k in given})
+        try:
+            loss = self.loss_fn(**{k: given[k] for k in self.loss_args if k in given})
+        except AutomodelError:
+            raise
+        except Exception as e:
+            raise ComponentFault(self._origin("losses", self.cfg["loss"]), self._doing("computing the loss"),
+                                 step=self._fault_step(), exc=e) from e
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            got = (f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor)
+                   else f"{type(loss).__name__} {loss!r:.40}")
+            raise ComponentFault(
+                self._origin("losses", self.cfg["loss"]), self._doing("computing the loss"), step=self._fault_step(),
+                problem=f"returned {got}, not a scalar tensor",
+                hint="return a 0-d tensor that autograd can differentiate: the sum of token losses / num_label_tokens "
+                     "(no float(), no .item(), no per-token vector)")
+        return loss
+
+    def _fault_step(self) -> int:
+        """The step a fault belongs to: the one being trained (during validation: the one just trained)."""
+        return self.train_state.step if not self.model.training else self.train_state.step + 1
+
+    def _doing(self, what: str) -> str:
+        return what if self.model.training else f"{what} for validation"
 
     def train_step(self, micro: list[dict[str, torch.Tensor]]) -> StepResult:
         """One optimizer step over ``micro`` (this rank's micro-batches of the global batch)."""
@@ -280,19 +326,20 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         ctx, sched, total = self.ctx, self.sched, self.ctx.total_steps
-        self.plugins.hook.on_train_start(ctx=ctx, model=self.model)
+        call_hook(self.plugins, "on_train_start", at_step=self.train_state.step, ctx=ctx, model=self.model)
         batches = self.data.batches(self.train_state)  # resumes mid-epoch
         metrics: dict[str, Any] = {}
         self.window_start = time.perf_counter()
         try:
             while self.train_state.step < total:
-                micro = [{k: v.to(ctx.device, non_blocking=True) for k, v in next(batches).items()} for _ in range(self.accum)]
+                micro = [{k: v.to(ctx.device, non_blocking=True) for k, v in self._next_batch(batches).items()}
+                         for _ in range(self.accum)]
                 result = self.train_step(micro)
                 step = self.train_state.step
                 metrics = {"lr": result.lr}
                 if step % sched.log_every_steps == 0 or step == total:
                     metrics.update(self.log(step, result))
-                self.plugins.hook.on_step_end(ctx=ctx, step=step, metrics=metrics)
+                call_hook(self.plugins, "on_step_end", ctx=ctx, step=step, metrics=metrics)
                 if self.val_data is not None and sched.val_every_steps and (step % sched.val_every_steps == 0 or step == total):
                     metrics.update(self.validate(step))
                 if sched.ckpt_every_steps and step % sched.ckpt_every_steps == 0 and step < total:
@@ -309,11 +356,62 @@ class Trainer:
                 out = export_model(self.built, self.checkpointer, ctx, ctx.output_dir / "hf")
                 ctx.print(f"exported Hugging Face model to {out}")
         except BaseException:
-            self._finish(metrics, teardown=False)
+            self._finish(metrics, teardown=False, failing=True)
             raise
         self._finish(metrics)
         self.summary.finish(self, out)
         return metrics
+
+    def _next_batch(self, batches: Any) -> dict[str, torch.Tensor]:
+        """The next micro-batch; a dataset (or its collate) that raises is named with the step."""
+        origin = self._origin("datasets", self.cfg["dataset"])
+        try:
+            batch = next(batches)
+        except AutomodelError as e:
+            if isinstance(e, ComponentFault) or not getattr(e, "bad_record", False):
+                raise
+            raise ComponentFault(origin, "reading a micro-batch", step=self.train_state.step + 1, problem=str(e),
+                                 hint="fix the dataset's items: input_ids and labels are lists of int of equal length") from e
+        except StopIteration:
+            raise
+        except Exception as e:
+            raise ComponentFault(origin, "reading a micro-batch", step=self.train_state.step + 1, exc=e) from e
+        if not isinstance(batch, dict) or not all(isinstance(batch.get(k), torch.Tensor) for k in ("input_ids", "labels")):
+            raise ComponentFault(origin, "collating a micro-batch", step=self.train_state.step + 1,
+                                 problem=f"collate returned {type(batch).__name__} without input_ids and labels tensors",
+                                 hint="collate(examples) returns a dict with input_ids and shifted labels (torch.long)")
+        for k in ("input_ids", "labels"):
+            if batch[k].dtype.is_floating_point or batch[k].dtype == torch.bool:
+                raise ComponentFault(origin, "collating a micro-batch", step=self.train_state.step + 1,
+                                     problem=f"collate returned {k} of dtype {batch[k].dtype}, not integer token ids",
+                                     hint="token ids are integers (torch.long)")
+        return batch
+
+    def _log(self, metrics: dict[str, Any], step: int) -> None:
+        """Every logger logs ``metrics``; one that raises is disabled with a warning (the run goes on)."""
+        for lg in list(self.loggers):
+            try:
+                lg.log(metrics, step)
+            except Exception as e:
+                self._disable_logger(lg, step, e)
+
+    def _disable_logger(self, lg: Any, step: int | None, e: BaseException) -> None:
+        origin = self.logger_origins.get(id(lg))
+        label = origin.label if origin else type(lg).__name__
+        self.loggers.remove(lg)
+        when = f" at step {step}" if step is not None else ""
+        self.failed_loggers.append(f"{label}{when}")
+        fault = ComponentFault(origin, "logging", step=step, exc=e) if origin else None
+        warn(f"{fault if fault else label}\n    the logger is disabled for the rest of the run; training goes on "
+             f"(its records stop before step {step}). See docs/writing-plugins.md, 'When a plugin fails'.", e)
+
+    def _checkpointer_call(self, doing: str, fn: Any, *args: Any, step: int | None = None) -> Any:
+        try:
+            return fn(*args)
+        except AutomodelError:
+            raise
+        except Exception as e:
+            raise ComponentFault(self._origin("checkpointers", self.cfg["checkpoint"]), doing, step=step, exc=e) from e
 
     def log(self, step: int, result: StepResult) -> dict[str, Any]:
         """Reduce, check and log one step's metrics (the only place that reads the loss on the host)."""
@@ -330,8 +428,7 @@ class Trainer:
         if self.peak_flops:
             metrics["mfu"] = 6 * self.n_params * metrics["tokens_per_s"] / (self.peak_flops * ctx.world_size)
         self.check_finite(metrics)
-        for lg in self.loggers:
-            lg.log(metrics, step)
+        self._log(metrics, step)
         self.window_tokens.zero_()
         self.window_start = time.perf_counter()
         return metrics
@@ -365,7 +462,13 @@ class Trainer:
         self.model.eval()
         evaluate = member(self.val_data, Dataset, "evaluate")
         if evaluate is not None:
-            metrics = dict(evaluate(self.model, ctx))
+            try:
+                metrics = dict(evaluate(self.model, ctx))
+            except AutomodelError:
+                raise
+            except Exception as e:
+                raise ComponentFault(self._origin("datasets", self.cfg["validation_dataset"]), "in evaluate(model, ctx)",
+                                     step=step, exc=e) from e
         else:
             total = torch.zeros(2, device=ctx.device)  # loss sum, label tokens
             for i, batch in enumerate(self.val_loader):
@@ -380,17 +483,18 @@ class Trainer:
             metrics = {"val_loss": loss_sum / max(tokens, 1.0), "val_tokens": int(tokens)}
         self.model.train()
         self.summary.validation(step, metrics, self.train_state)
-        for lg in self.loggers:
-            lg.log(metrics, step)
-        self.plugins.hook.on_validation_end(ctx=self.ctx, step=step, metrics=metrics)
+        self._log(metrics, step)
+        call_hook(self.plugins, "on_validation_end", ctx=self.ctx, step=step, metrics=metrics)
         return metrics
 
     def save(self, step: int) -> str:
         """Checkpoint ``step`` unless a step so far diverged (then :class:`Diverged`: never saved, never latest)."""
         self.check_finite()
-        path = str(self.checkpointer.save(self.state, step))
+        path = str(self._checkpointer_call("saving a checkpoint", self.checkpointer.save, self.state, step, step=step))
         self.saved_step, self.saved_path = step, path
-        self.plugins.hook.on_checkpoint_saved(ctx=self.ctx, step=step, path=path)
+        call_hook(self.plugins, "on_checkpoint_saved", ctx=self.ctx, step=step, path=path,
+                  after=f"The checkpoint of step {step} ({path}) is complete: run again with checkpoint.resume=auto to "
+                        "continue from it once the hook is fixed (or without the plugin: AUTOMODEL_LOAD_PLUGINS=<the others>).")
         return path
 
     def _stop_for_signal(self, step: int, metrics: dict[str, Any]) -> None:
@@ -405,19 +509,35 @@ class Trainer:
         self._finish(metrics)
         raise Preempted(message, step, path)
 
-    def _finish(self, metrics: dict[str, Any], teardown: bool = True) -> None:
+    def _finish(self, metrics: dict[str, Any], teardown: bool = True, failing: bool = False) -> None:
         """End of a run (finished, stopped by a signal, or failed): hooks, loggers, signal handlers, and
-        (unless failing, when peers may not get here) the process group."""
+        (unless failing, when peers may not get here) the process group. While failing, a hook that
+        raises too is a warning: the error that stopped the run stays the one reported."""
         if self.finished:
             return
         self.finished = True
+        step = self.train_state.step
+        done = (f"Training itself finished: {step} steps" + (f", the last checkpoint is {self.saved_path}" if self.saved_path else "")
+                + f"; the run directory {self.ctx.output_dir} is complete.")
         try:
             if self.profiler is not None:
                 self.profiler.close()
-            self.plugins.hook.on_train_end(ctx=self.ctx, metrics=metrics)
+            try:
+                call_hook(self.plugins, "on_train_end", at_step=step, ctx=self.ctx, metrics=metrics,
+                          after=None if failing else done)
+            except ComponentFault as e:
+                if not failing:
+                    raise
+                warn(f"{e}\n    (while the run was already stopping because of the error below)", e.__cause__)
         finally:
-            for lg in self.loggers:
-                lg.close()
+            for lg in list(self.loggers):
+                try:
+                    lg.close()
+                except Exception as e:
+                    self._disable_logger(lg, None, e)
+            if self.failed_loggers and not failing:
+                warn(f"{len(self.failed_loggers)} logger(s) failed during the run and were disabled: "
+                     + "; ".join(self.failed_loggers) + " (see the warning above)")
             self.stop.uninstall()
         if teardown and dist.is_initialized():
             dist.barrier()

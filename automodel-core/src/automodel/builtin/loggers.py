@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -62,12 +63,44 @@ def _hms(seconds: float) -> str:
 
 
 class JsonlLogger:
-    """One JSON object per logged step in ``path`` (default ``<output_dir>/metrics.jsonl``)."""
+    """One JSON object per logged step in ``path`` (default ``<output_dir>/metrics.jsonl``).
+
+    A resumed run (``ctx.train_state.step`` > 0 when loggers are built) keeps the records up to that
+    step and drops the later ones, which the killed run wrote after its last checkpoint and this run
+    writes again: the file ends with exactly one record per step (a fresh run starts an empty file).
+    """
 
     def __init__(self, ctx: Any, path: str | None = None):
         self.path = Path(path) if path else Path(ctx.output_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        state = getattr(ctx, "train_state", None)
+        dropped = self._keep_until(int(getattr(state, "step", 0) or 0))
+        if dropped and getattr(ctx, "is_main", True):
+            step = int(getattr(state, "step", 0) or 0)
+            print(f"{self.path.name}: dropped {dropped} record(s) after step {step} "
+                  f"({'the step resumed from' if step else 'a fresh run'})", flush=True)
         self.file = self.path.open("a")
+
+    def _keep_until(self, step: int) -> int:
+        """Rewrite the file (atomically) without the records after ``step``; the number dropped."""
+        if not self.path.exists():
+            return 0
+        kept, dropped = [], 0
+        for line in self.path.read_text().splitlines():
+            try:
+                record_step = json.loads(line)["step"]
+            except (ValueError, KeyError, TypeError):  # a line cut short by the kill
+                dropped += 1
+                continue
+            if isinstance(record_step, int) and record_step <= step:
+                kept.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.path)
+        return dropped
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self.file.write(json.dumps({"step": step, **metrics}) + "\n")
