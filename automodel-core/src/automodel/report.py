@@ -108,7 +108,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> Run:
     train: dict[int, dict[str, Any]] = {}
     val: dict[int, dict[str, Any]] = {}
     if file.is_file():
-        for n, line in enumerate(file.read_text(errors="replace").splitlines(), 1):
+        for line in file.read_text(errors="replace").splitlines():
             try:
                 record = json.loads(line)
             except ValueError:  # a line cut by a crash: the rest is still worth showing
@@ -192,7 +192,8 @@ def run_facts(run: Run) -> dict[str, str]:
     val = [(r["val_loss"], step) for step, r in run.val.items() if _number(r.get("val_loss"))]
     best = (s.get("best_val_loss"), s.get("best_val_step")) if s.get("best_val_loss") is not None else min(val) if val else None
     if s.get("components"):
-        plugins = sorted({c.split(" (", 1)[1].rstrip(")") for c in s["components"] if " (" in c})
+        core = f"automodel-core {s.get('automodel_version', '')}".strip()
+        plugins = sorted({c.split(" (", 1)[1].rstrip(")").replace("builtin", core) for c in s["components"] if " (" in c})
         components = ", ".join(c.split(" (", 1)[0] for c in s["components"])
     else:
         plugins, components = [], ", ".join(_component_names(cfg))

@@ -43,6 +43,7 @@ class RunSummary:
 
     def finish(self, trainer: Any, export: str | os.PathLike[str] | None) -> dict[str, Any]:
         """The facts of a finished run (written to ``summary.json`` on the main rank, printed as one line)."""
+        from automodel import __version__
         from automodel import config as config_mod
 
         ctx, state = trainer.ctx, trainer.train_state
@@ -62,7 +63,7 @@ class RunSummary:
             "mesh": {str(k): int(v) for k, v in layout.items()}, "device": str(ctx.device),
             "components": config_mod.component_providers(trainer.cfg, trainer.plugins),
             "parameters": trainer.n_params, "trainable_parameters": sum(p.numel() for p in trainer.params),
-            "started_at": self.started_at, "finished_at": time.time(),
+            "automodel_version": __version__, "started_at": self.started_at, "finished_at": time.time(),
         }
         if ctx.is_main:
             path = Path(ctx.output_dir) / FILE

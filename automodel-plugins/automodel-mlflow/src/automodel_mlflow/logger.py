@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-
 from automodel.errors import AutomodelError
 
 _SECRET = re.compile(r"(^|[_.-])(token|key|password|passwd|secret|credentials?)s?($|[_.-])", re.I)
@@ -145,6 +144,7 @@ class MlflowLogger:
         metadata = getattr(ctx.train_state, "metadata", None)
         step = int(getattr(ctx.train_state, "step", 0) or 0)
         saved = (metadata or {}).get("mlflow", {})
+        self.run_id: str | None = None
         self.run_id = self._resume(saved, step) if saved.get("run_id") and step else None
         if self.run_id is None:
             if saved.get("run_id") and step:
@@ -179,8 +179,13 @@ class MlflowLogger:
         tags = {"mlflow.source.name": "automodel", "automodel.version": automodel.__version__,
                 "automodel.output_dir": str(Path(self.ctx.output_dir).resolve())}
         for info in getattr(self.ctx.plugins, "infos", None) or []:
-            if not info.error:
-                tags[f"automodel.plugin.{info.name}"] = f"{info.dist or info.source} {info.version or ''}".strip()
+            if info.error:
+                continue
+            if info.source == "builtin":
+                where = f"automodel-core {automodel.__version__}"
+            else:
+                where = f"{info.dist} {info.version or ''}".strip() if info.dist else f"{info.source} module {info.module}"
+            tags[f"automodel.plugin.{info.name}"] = where
         tags.update({str(k): str(v) for k, v in (extra or {}).items()})
         return tags
 
@@ -193,7 +198,7 @@ class MlflowLogger:
             run = self.client.get_run(saved["run_id"])
         except MlflowException:
             return None
-        run_id = run.info.run_id
+        run_id = self.run_id = run.info.run_id
         self.client.update_run(run_id, status="RUNNING")
         params = flatten(safe_config(self.ctx.config)) if self.log_config else {}
         old = run.data.params
