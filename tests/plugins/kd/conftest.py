@@ -10,7 +10,7 @@ import pytest
 STEPS = {"global_batch_size": 8, "local_batch_size": 4, "max_steps": 4, "log_every_steps": 1}
 
 STUDENT = {"model_type": "llama", "vocab_size": 48, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-           "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 64,
+           "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64,
            "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
 
 

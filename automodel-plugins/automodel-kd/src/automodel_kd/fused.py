@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 
 KINDS = ("forward_kl", "reverse_kl", "jsd")
-CHUNK_BYTES = 16 * 2**20  # one [rows, vocab] fp32 chunk; a handful of them are alive at once
+CHUNK_BYTES = 32 * 2**20  # one [rows, vocab] fp32 chunk; a handful of them are alive at once
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class KDOptions:
         kd_weight: ``w`` in ``(1 - w) * CE + w * T^2 * KD`` (1: pure distillation, 0: plain CE).
         beta: the JSD mixture weight (``m = beta * p_teacher + (1 - beta) * q_student``), in (0, 1).
         ignore_index: label value of tokens that carry no loss (prompt, padding, packing boundaries).
-        chunk_size: token rows per chunk (default: rows whose ``[rows, vocab]`` fp32 logits fit 16 MiB).
+        chunk_size: token rows per chunk (default: rows whose ``[rows, vocab]`` fp32 logits fit 32 MiB).
     """
 
     kind: str = "forward_kl"

@@ -44,7 +44,7 @@ class KnowledgeDistillation:
         kd_weight: weight of the KD term; the student's cross-entropy on the labels gets ``1 - kd_weight``.
         beta: JSD mixture weight, ``m = beta * teacher + (1 - beta) * student``; only for ``kind: jsd``.
         chunk_size: label tokens per chunk (default: as many as keep one ``[tokens, vocab]`` fp32 chunk
-            within 16 MiB).
+            within 32 MiB).
         ignore_index: label value that takes no loss.
         teacher_transforms: apply the run's ``transforms`` (e.g. fp8) to the teacher too (default: no;
             LoRA-style transforms make no sense on a frozen teacher).
