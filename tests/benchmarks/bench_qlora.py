@@ -14,7 +14,9 @@ Part 2, one training step (each variant a real ``automodel run`` in its own proc
 batch, steps): plain LoRA on the full-precision base vs QLoRA on the NF4 base (bitsandbytes, torchao),
 all-linear adapters r=16. Peak memory is the run's ``peak_mem_gb`` (CUDA max allocated; on CPU the process's
 max RSS, which includes ~0.5 GB of Python/torch runtime). tokens/s: the median over the steps after the first,
-best of ``--repeats`` interleaved repeats (shared machines are noisy).
+best of ``--repeats`` interleaved repeats (shared machines are noisy). ``state MiB``: what training holds
+whatever the activations (frozen base as stored + adapters + their gradients + two fp32 AdamW moments),
+built in this process with the same loader and transform.
 """
 
 from __future__ import annotations
@@ -118,6 +120,40 @@ def step_variants(model_dir: Path, dtype: str) -> dict[str, tuple[dict[str, Any]
     return {k: v for k, v in variants.items() if "torchao" not in k or importlib.util.find_spec("torchao")}
 
 
+def training_state_bytes(model_dir: Path, model_cfg: dict[str, Any], transforms: list[dict[str, Any]], device: str) -> int:
+    """Bytes of what training keeps whatever the activations: the frozen base (real storage), the adapters,
+    their gradients and two AdamW moments (fp32), built in this process with the run's loader and transform."""
+    import torch
+    from automodel.context import Context
+    from automodel_lora.transform import LoRA
+    from automodel_qlora.memory import tensor_bytes
+    from automodel_qlora.transform import QLoRA
+    from transformers import AutoModelForCausalLM
+
+    ctx = Context(device=device, config={"seed": 0}, extras={})
+    ctx.print = lambda *a, **k: None  # type: ignore[method-assign]
+    args = {k: v for k, v in model_cfg.items() if k != "name"}
+    if model_cfg["name"] == "hf":
+        model = AutoModelForCausalLM.from_pretrained(args["pretrained"], dtype=getattr(torch, args["dtype"])).to(device)
+    else:
+        from automodel_qlora.loader import hf_quantized
+
+        model, _ = hf_quantized(ctx, **args)
+    for t in transforms:
+        cls = QLoRA if t["name"] == "qlora" else LoRA
+        model = cls(**{k: v for k, v in t.items() if k != "name"}).apply(model, ctx)
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += tensor_bytes(p) + (p.numel() * (p.element_size() + 8) if p.requires_grad else 0)
+    del model
+    gc.collect()
+    return total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -142,7 +178,9 @@ def main() -> None:
         return
 
     variants = step_variants(small, dtype)
-    numbers: dict[str, dict[str, list[float]]] = {name: {"tps": [], "peak": [], "loss": []} for name in variants}
+    numbers: dict[str, dict[str, Any]] = {name: {"tps": [], "peak": [], "loss": []} for name in variants}
+    for name, (model_cfg, transforms) in variants.items():
+        numbers[name]["state"] = training_state_bytes(small, model_cfg, transforms, args.device)
     for rep in range(args.repeats):
         for name, (model_cfg, transforms) in variants.items():
             d = root / f"{name.replace(' ', '_')}_{rep}"
@@ -164,12 +202,13 @@ def main() -> None:
     base = numbers["lora"]
     print(f"\ntraining step: benchmark model, batch {args.batch} x {args.seq_len} tokens, {args.steps} steps, {dtype}, "
           f"device {args.device}, adapters {ADAPTER}")
-    head = f"{'variant':<19} {'peak GB':>8} {'vs lora':>8} {'tokens/s':>10} {'vs lora':>8} {'last loss':>10}"
+    head = (f"{'variant':<19} {'state MiB':>10} {'vs lora':>8} {'peak GB':>8} {'vs lora':>8} {'tokens/s':>10} {'vs lora':>8} "
+            f"{'last loss':>10}")
     print(head)
     print("-" * len(head))
     for name, r in numbers.items():
         peak, tps = min(r["peak"]), max(r["tps"])
-        print(f"{name:<19} {peak:>8.3f} {peak / min(base['peak']):>7.2f}x {tps:>10,.0f} {tps / max(base['tps']):>7.2f}x "
+        print(f"{name:<19} {r['state'] / 2**20:>10.1f} {r['state'] / base['state']:>7.2f}x {peak:>8.3f} {peak / min(base['peak']):>7.2f}x {tps:>10,.0f} {tps / max(base['tps']):>7.2f}x "
               f"{r['loss'][-1]:>10.4f}")
     print(f"\nrun directories: {root}")
 
