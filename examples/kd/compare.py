@@ -56,12 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         for which in ("kd", "baseline"):
             train(which, overrides)
     kd, base = accuracy(RUNS["kd"]), accuracy(RUNS["baseline"])
-    print(f"\nexact match on the held-out words (greedy decoding), student with 1/4 of the teacher's parameters:\n")
+    print("\nexact match on the held-out words (greedy decoding), student with 1/4 of the teacher's parameters:\n")
     print("| step | without teacher (masked_ce) | with teacher (kd) |")
     print("|---:|---:|---:|")
     for step in sorted(set(kd) | set(base)):
-        fmt = lambda c: f"{c[step]:.1%}" if step in c else "-"  # noqa: E731
-        print(f"| {step} | {fmt(base)} | {fmt(kd)} |")
+        cells = [f"{c[step]:.1%}" if step in c else "-" for c in (base, kd)]
+        print(f"| {step} | {cells[0]} | {cells[1]} |")
     s_kd, s_base = first_reaching(kd, args.target), first_reaching(base, args.target)
     print(f"\nsteps to reach {args.target:.0%} exact match: with teacher {s_kd or 'not reached'}, "
           f"without {s_base or 'not reached'}")

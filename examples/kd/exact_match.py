@@ -36,7 +36,6 @@ class ExactMatch:
     def evaluate(self, model: Any, ctx: Any) -> dict[str, Any]:
         """Greedy decoding, batched by prompt length (no padding needed); one process."""
         import torch
-
         from automodel.weights import unwrap
 
         hf = unwrap(model)

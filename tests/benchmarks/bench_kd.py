@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         print(f"  {name:<6} peak {peaks[name] / GiB:8.3f} GiB   {times[name] * 1e3:10.1f} ms", flush=True)
     print()
-    print(f"| loss | peak loss-step memory | x naive | time | x naive |")
+    print("| loss | peak loss-step memory | x naive | time | x naive |")
     print("|---|---|---|---|---|")
     for name in peaks:
         print(f"| {name} | {peaks[name] / GiB:.3f} GiB | {peaks[name] / peaks['naive']:.2f} | {times[name] * 1e3:.0f} ms | "

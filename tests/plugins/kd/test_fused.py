@@ -45,7 +45,7 @@ def test_every_option_matches_reference_float64(kind, temperature, kd_weight):
     opts = KDOptions(kind=kind, temperature=temperature, kd_weight=kd_weight, beta=0.3, chunk_size=7)
     got, ref = both(opts, *data(packed=True))
     for a, b, what in zip(got, ref, ("loss", "d hidden", "d lm_head")):
-        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9, msg=lambda m: f"{what}: {m}")
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9, msg=lambda m, what=what: f"{what}: {m}")
     assert got[1][0, :6].abs().max() == 0 and got[1][1, -9:].abs().max() == 0  # ignored tokens get no gradient
 
 

@@ -70,6 +70,7 @@ class KnowledgeDistillation:
         self.teacher: Any = None
         self.teacher_hf: Any = None
         self._hidden: _LastHidden | None = None
+        self._inputs: frozenset[str] | None = None
         self.last: dict[str, Any] = {}  # the last call's unscaled ce_sum / kd_sum (tensors)
 
     # -- validation (before launch) ----------------------------------------------------------------
@@ -130,6 +131,7 @@ class KnowledgeDistillation:
         teacher.eval()
         self.teacher, self.teacher_hf = teacher, unwrap(teacher)
         self._hidden = _LastHidden(self.teacher_hf)
+        self._inputs = _forward_inputs(self.teacher_hf)
         student_hf = unwrap(model)
         s_vocab = student_hf.get_output_embeddings().weight.shape[0]
         t_vocab = self.teacher_hf.get_output_embeddings().weight.shape[0]
@@ -155,7 +157,7 @@ class KnowledgeDistillation:
         if self.teacher is None:
             raise RuntimeError("kd: the teacher is not loaded; the training loop calls loss.setup(model, ctx) first "
                                "(automodel-core with the loss setup member is required)")
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        inputs = {k: v for k, v in batch.items() if k != "labels" and (self._inputs is None or k in self._inputs)}
         keep = torch.zeros(1, dtype=torch.long, device=inputs["input_ids"].device)
         with torch.no_grad():
             self.teacher(**inputs, use_cache=False, logits_to_keep=keep)
@@ -189,6 +191,18 @@ class KnowledgeDistillation:
 # --------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------
+
+
+def _forward_inputs(model: Any) -> frozenset[str] | None:
+    """The batch columns the teacher's forward names (extra columns meant for the loss never reach it)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    named = frozenset(n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return named or None
 
 
 def _absolute(spec: dict[str, Any]) -> dict[str, Any]:
