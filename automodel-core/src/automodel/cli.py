@@ -13,6 +13,7 @@ import click
 from automodel import __version__
 from automodel.compat import core_version_problems
 from automodel.errors import AutomodelError
+from automodel.kinds import KINDS as KIND_RECORDS
 
 #: Entry-point group of plugin commands: ``NAME = "package.module:command"`` (a ``click.Command``).
 COMMAND_ENTRY_POINTS = "automodel.commands"
@@ -295,8 +296,7 @@ def _doctor(loaded: Any) -> tuple[list[str], list[str]]:
 @click.argument("name")
 @click.option("--kind", "kinds", multiple=True, metavar="KIND",
               help="What the plugin provides (repeatable): " + ", ".join(
-                  ["loss", "dataset", "transform", "parallelizer", "optimizer", "lr_scheduler", "checkpointer",
-                   "launcher", "logger", "model_loader", "hook", "command"]) + ". Default: loss.")
+                  [*(k.scaffold for k in KIND_RECORDS), "hook", "command"]) + ". Default: loss.")
 @click.option("--dir", "directory", default=".", type=click.Path(file_okay=False), show_default=True,
               help="Where to create the package directory automodel-NAME/.")
 def new_plugin(name: str, kinds: tuple[str, ...], directory: str) -> None:

@@ -21,6 +21,7 @@ import yaml
 
 from automodel.contracts import Factory, Launcher, Parallelizer, member
 from automodel.errors import AutomodelError, ConfigError, Problem, did_you_mean
+from automodel.kinds import KINDS as KIND_RECORDS
 from automodel.mesh import Layout, plan_layout
 from automodel.profiler import Profile
 from automodel.registry import KINDS, import_target
@@ -51,7 +52,8 @@ class Scalar:
     default: Any
 
 
-#: Top-level sections. Keep docs/config.md in step with this table.
+#: Top-level sections: the scalars, every kind's component sections (from :data:`automodel.kinds.KINDS`, in
+#: its order), then the dataclass sections. Keep docs/config.md in step with this table.
 SECTIONS: dict[str, Any] = {
     "seed": Scalar(int, 1234),
     "output_dir": Scalar(str, "runs/default"),
@@ -59,33 +61,17 @@ SECTIONS: dict[str, Any] = {
     "clip_grad_norm": Scalar(float | None, 1.0),
     "peak_tflops": Scalar(float | None, None),
     "plugins": Scalar(list[str], []),
-    "model": Component("model_loaders"),
-    "dataset": Component("datasets"),
-    "validation_dataset": Component("datasets", optional=True),
-    "transforms": ComponentList("model_transforms"),
-    "parallel": ComponentList("parallelizers"),
-    "loss": Component("losses", {"name": "masked_ce"}),
-    "optimizer": Component("optimizers", {"name": "adamw", "lr": 1.0e-4}),
-    "lr_scheduler": Component("lr_schedulers", {"name": "constant"}),
+    **{s.key: ComponentList(k.name, tuple(s.default or ())) if s.many else Component(k.name, s.default, s.optional)
+       for k in KIND_RECORDS for s in k.sections},
     "step_scheduler": StepScheduler,
     "profile": Profile,
-    "checkpoint": Component("checkpointers", {"name": "default"}),
-    "launcher": Component("launchers", {"name": "local"}),
-    "loggers": ComponentList("loggers", ({"name": "console"}, {"name": "jsonl"})),
 }
 
 #: The layout of a multi-process run whose config names no parallelizer: plain data parallelism.
 MULTI_PROCESS_PARALLEL = {"name": "ddp"}
 
-#: Leading arguments the core passes itself to each kind's factory (never set from YAML).
-SUPPLIED: dict[str, tuple[str, ...]] = {
-    "model_loaders": ("ctx",),
-    "datasets": ("ctx", "tokenizer"),
-    "optimizers": ("params",),
-    "lr_schedulers": ("optimizer", "total_steps"),
-    "checkpointers": ("ctx",),
-    "loggers": ("ctx",),
-}
+#: Leading arguments the core passes itself to each kind's factory (never set from YAML), from the kinds.
+SUPPLIED: dict[str, tuple[str, ...]] = {k.name: k.supplied for k in KIND_RECORDS if k.supplied}
 
 
 # --------------------------------------------------------------------------------------------------

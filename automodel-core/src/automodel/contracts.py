@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from automodel.kinds import KINDS as _KIND_RECORDS
+
 T = TypeVar("T")
 
 
@@ -306,16 +308,6 @@ class PluginModule(Protocol):
     check_requirements: Callable[[], list[str]] | None = None
 
 
-#: The contract of each registered kind's returned object (None: a torch object or a tuple).
-CONTRACTS: dict[str, type | None] = {
-    "model_loaders": None,
-    "model_transforms": Transform,
-    "parallelizers": Parallelizer,
-    "datasets": Dataset,
-    "losses": Loss,
-    "optimizers": None,
-    "lr_schedulers": None,
-    "checkpointers": Checkpointer,
-    "launchers": Launcher,
-    "loggers": Logger,
-}
+#: The contract of each registered kind's returned object (None: a torch object or a tuple), from
+#: :data:`automodel.kinds.KINDS`.
+CONTRACTS: dict[str, type | None] = {k.name: globals()[k.contract] if k.contract else None for k in _KIND_RECORDS}

@@ -13,35 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from automodel.errors import PluginError, UnknownComponentError, did_you_mean
+from automodel.kinds import KINDS as _KIND_RECORDS
 
-#: kind -> (registration hook, config section it serves, singular noun for messages)
-KINDS: dict[str, tuple[str, str]] = {
-    "model_loaders": ("register_model_loaders", "model loader"),
-    "model_transforms": ("register_model_transforms", "model transform"),
-    "parallelizers": ("register_parallelizers", "parallelizer"),
-    "datasets": ("register_datasets", "dataset"),
-    "losses": ("register_losses", "loss"),
-    "optimizers": ("register_optimizers", "optimizer"),
-    "lr_schedulers": ("register_lr_schedulers", "lr scheduler"),
-    "checkpointers": ("register_checkpointers", "checkpointer"),
-    "launchers": ("register_launchers", "launcher"),
-    "loggers": ("register_loggers", "logger"),
-}
+#: kind -> (registration hook, singular noun for messages), derived from :data:`automodel.kinds.KINDS`.
+KINDS: dict[str, tuple[str, str]] = {k.name: (k.hook, k.noun) for k in _KIND_RECORDS}
 
-#: First-party components and the package that provides them, for "pip install" hints.
-FIRST_PARTY: dict[tuple[str, str], str] = {
-    ("parallelizers", "fsdp2"): "automodel-fsdp2",
-    ("parallelizers", "fsdp2_replicate"): "automodel-fsdp2",
-    ("parallelizers", "tp"): "automodel-tp",
-    ("model_transforms", "lora"): "automodel-lora",
-    ("model_transforms", "fp8"): "automodel-fp8",
-    ("model_transforms", "qlora"): "automodel-qlora",
-    ("model_loaders", "hf_quantized"): "automodel-qlora",
-    ("losses", "triton_ce"): "automodel-triton-ce",
-    ("losses", "chunked_ce"): "automodel-triton-ce",
-    ("launchers", "slurm"): "automodel-slurm",
-    ("loggers", "wandb"): "automodel-wandb",
-}
+#: First-party components and the package that provides them, for "pip install" hints (from the kinds).
+FIRST_PARTY: dict[tuple[str, str], str] = {(k.name, n): package for k in _KIND_RECORDS for n, package in k.first_party.items()}
 
 
 @dataclass
@@ -169,31 +147,26 @@ class Registry:
         return msg
 
 
-def _calling_convention(kind: str, supplied: tuple[str, ...]) -> str:
-    lead = [s for s in supplied if s != "total_steps"] + (["total_steps=..."] if "total_steps" in supplied else [])
-    return f"factory({', '.join([*lead, '**cfg'])})"
-
-
 def _defines(cls: type, name: str) -> bool:
     return any(name in vars(k) for k in cls.__mro__[:-1])
 
 
 def signature_problems(kind: str, factory: Any) -> tuple[list[str], list[str]]:
     """``(problems, warnings)``: how ``factory``'s signature fits the way the core calls a ``kind``
-    (:data:`automodel.config.SUPPLIED`), and, for a class, whether it has the methods of the kind's
+    (``supplied`` of its :class:`automodel.kinds.Kind`), and, for a class, whether it has the methods of the kind's
     contract (:data:`automodel.contracts.CONTRACTS`). Used by ``automodel plugins --check`` and
     :func:`automodel.testing.check_plugin`; imports nothing heavy."""
-    from automodel.config import SUPPLIED
     from automodel.contracts import CONTRACTS, missing_members
+    from automodel.kinds import BY_NAME
 
     try:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):  # a builtin or C callable: nothing to read
         return [], []
     noun = KINDS[kind][1]
-    supplied = SUPPLIED.get(kind, ())
+    supplied = BY_NAME[kind].supplied
     lead = [s for s in supplied if s != "total_steps"]
-    call = _calling_convention(kind, supplied)
+    call = BY_NAME[kind].call
     what = f"{getattr(factory, '__qualname__', repr(factory))}{sig}"
     params = list(sig.parameters.values())
     P = inspect.Parameter

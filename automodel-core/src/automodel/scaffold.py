@@ -16,15 +16,21 @@ from pathlib import Path
 
 from automodel import __version__
 from automodel.errors import AutomodelError
+from automodel.kinds import KINDS as KIND_RECORDS
 
 
 @dataclass(frozen=True)
-class Kind:
-    hook: str            # registration hook ("" for hook/command kinds)
+class Stub:
+    """The scaffold of one kind (its registration hook, noun and aliases come from :mod:`automodel.kinds`)."""
+
     module: str          # stub module name
     attr: str            # stub attribute ({cls} and {name} filled in)
     section: str         # how a config uses it ({name} filled in)
     stub: str            # module source
+
+    @property
+    def hook(self) -> str:
+        return next(k.hook for k in KIND_RECORDS if STUBS.get(k.scaffold) is self)
 
 
 _HEADER = '''"""{doc}"""
@@ -35,8 +41,9 @@ from typing import Any
 
 '''
 
-KINDS: dict[str, Kind] = {
-    "loss": Kind("register_losses", "loss", "{cls}Loss", "loss: {{name: {name}}}", _HEADER + '''
+#: One stub per kind, keyed by its `new-plugin --kind` name (:attr:`automodel.kinds.Kind.scaffold`).
+STUBS: dict[str, Stub] = {
+    "loss": Stub("loss", "{cls}Loss", "loss: {{name: {name}}}", _HEADER + '''
 class {cls}Loss:
     """Cross-entropy over label tokens: replace with your loss. Config: ``loss: {{name: {name}, label_smoothing: 0.1}}``.
 
@@ -61,7 +68,7 @@ class {cls}Loss:
                                 reduction="sum", label_smoothing=self.label_smoothing)
         return total / num_label_tokens
 '''),
-    "dataset": Kind("register_datasets", "dataset", "{name}_dataset", "dataset: {{name: {name}, num_samples: 256}}",
+    "dataset": Stub("dataset", "{name}_dataset", "dataset: {{name: {name}, num_samples: 256}}",
                     _HEADER + '''
 def {name}_dataset(ctx: Any, tokenizer: Any, num_samples: int = 64, seed: int = 0) -> list[dict[str, list[int]]]:
     """Word-reversal examples (replace with your data). Config: ``dataset: {{name: {name}, num_samples: 256}}``.
@@ -85,7 +92,7 @@ def {name}_dataset(ctx: Any, tokenizer: Any, num_samples: int = 64, seed: int = 
         rows.append({{"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer}})
     return rows
 '''),
-    "transform": Kind("register_model_transforms", "transform", "{cls}Transform", "transforms: [{{name: {name}}}]",
+    "transform": Stub("transform", "{cls}Transform", "transforms: [{{name: {name}}}]",
                       _HEADER + '''
 class {cls}Transform:
     """Freeze the input embeddings (replace with your transform). Config: ``transforms: [{{name: {name}}}]``.
@@ -103,7 +110,7 @@ class {cls}Transform:
             model.get_input_embeddings().requires_grad_(False)
         return model
 '''),
-    "parallelizer": Kind("register_parallelizers", "parallel", "{cls}Parallelizer", "parallel: [{{name: {name}}}]",
+    "parallelizer": Stub("parallel", "{cls}Parallelizer", "parallel: [{{name: {name}}}]",
                          _HEADER + '''
 class {cls}Parallelizer:
     """Data parallelism with DistributedDataParallel (replace with yours). Config: ``parallel: [{{name: {name}}}]``.
@@ -129,7 +136,7 @@ class {cls}Parallelizer:
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids, process_group=mesh[self.dim].get_group())
 '''),
-    "optimizer": Kind("register_optimizers", "optim", "{name}_optimizer", "optimizer: {{name: {name}, lr: 1.0e-3}}",
+    "optimizer": Stub("optim", "{name}_optimizer", "optimizer: {{name: {name}, lr: 1.0e-3}}",
                       _HEADER + '''
 def {name}_optimizer(params: Any, lr: float = 1.0e-3, momentum: float = 0.9, weight_decay: float = 0.0) -> Any:
     """SGD with momentum (replace with yours). Config: ``optimizer: {{name: {name}, lr: 1.0e-3}}``.
@@ -140,7 +147,7 @@ def {name}_optimizer(params: Any, lr: float = 1.0e-3, momentum: float = 0.9, wei
 
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 '''),
-    "lr_scheduler": Kind("register_lr_schedulers", "schedule", "{name}_schedule", "lr_scheduler: {{name: {name}, warmup_steps: 10}}",
+    "lr_scheduler": Stub("schedule", "{name}_schedule", "lr_scheduler: {{name: {name}, warmup_steps: 10}}",
                          _HEADER + '''
 def {name}_schedule(optimizer: Any, total_steps: int, warmup_steps: int = 0) -> Any:
     """Linear warmup then constant (replace with yours). Config: ``lr_scheduler: {{name: {name}, warmup_steps: 10}}``.
@@ -151,7 +158,7 @@ def {name}_schedule(optimizer: Any, total_steps: int, warmup_steps: int = 0) -> 
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)))
 '''),
-    "checkpointer": Kind("register_checkpointers", "checkpoint", "{cls}Checkpointer", "checkpoint: {{name: {name}}}",
+    "checkpointer": Stub("checkpoint", "{cls}Checkpointer", "checkpoint: {{name: {name}}}",
                          _HEADER + '''
 class {cls}Checkpointer:
     """One ``step_<N>.pt`` file per checkpoint with torch.save (one process, unsharded models only:
@@ -197,7 +204,7 @@ class {cls}Checkpointer:
             tokenizer.save_pretrained(out_dir)
         return out_dir
 '''),
-    "launcher": Kind("register_launchers", "launcher", "{cls}Launcher", "launcher: {{name: {name}}}", _HEADER + '''
+    "launcher": Stub("launcher", "{cls}Launcher", "launcher: {{name: {name}}}", _HEADER + '''
 class {cls}Launcher:
     """Start one training process with ``python -m automodel run`` (replace with yours: a scheduler, a
     container, a remote machine). Config: ``launcher: {{name: {name}}}``.
@@ -226,7 +233,7 @@ class {cls}Launcher:
             print("{name}: starting", sys.executable, *job.worker_command(), flush=True)
         return subprocess.call([sys.executable, *job.worker_command()], env=job.worker_env())
 '''),
-    "logger": Kind("register_loggers", "logger", "{cls}Logger", "loggers: [{{name: console}}, {{name: {name}}}]",
+    "logger": Stub("logger", "{cls}Logger", "loggers: [{{name: console}}, {{name: {name}}}]",
                    _HEADER + '''
 class {cls}Logger:
     """Append one line per record to ``<output_dir>/{name}.log`` (replace with yours).
@@ -255,7 +262,7 @@ class {cls}Logger:
     def close(self) -> None:
         self.file.close()
 '''),
-    "model_loader": Kind("register_model_loaders", "model", "{name}_model", "model: {{name: {name}, pretrained: ./my-model}}",
+    "model_loader": Stub("model", "{name}_model", "model: {{name: {name}, pretrained: ./my-model}}",
                          _HEADER + '''
 def {name}_model(ctx: Any, pretrained: str, dtype: str = "float32") -> tuple[Any, Any]:
     """A transformers causal LM and its tokenizer (replace with yours).
@@ -283,12 +290,10 @@ def {name}_model(ctx: Any, pretrained: str, dtype: str = "float32") -> tuple[Any
 
 #: kinds that add hook functions to the plugin module instead of a registered component
 EXTRA_KINDS = ("hook", "command")
-ALIASES = {"losses": "loss", "datasets": "dataset", "model_transform": "transform", "model_transforms": "transform",
-           "transforms": "transform", "parallel": "parallelizer", "parallelizers": "parallelizer",
-           "optimizers": "optimizer", "lr_schedulers": "lr_scheduler", "scheduler": "lr_scheduler",
-           "checkpointers": "checkpointer", "checkpoint": "checkpointer", "launchers": "launcher", "loggers": "logger",
-           "model_loaders": "model_loader", "model": "model_loader", "loader": "model_loader", "hooks": "hook",
-           "lifecycle": "hook", "commands": "command"}
+#: `new-plugin --kind` names by kind, in the kinds' order (tests/core/test_kinds.py: one stub per kind).
+KINDS: dict[str, Stub] = {k.scaffold: STUBS[k.scaffold] for k in KIND_RECORDS if k.scaffold in STUBS}
+ALIASES = {**{alias: k.scaffold for k in KIND_RECORDS for alias in (k.name, *k.aliases)},
+           "hooks": "hook", "lifecycle": "hook", "commands": "command"}
 
 HOOK_FUNCTIONS = '''
 
