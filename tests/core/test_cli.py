@@ -149,4 +149,4 @@ def test_malformed_data_file_is_a_clean_error(tmp_path, tiny_model_dir):
     data = tmp_path / "bad.jsonl"
     data.write_text('{"question": "reverse ab", "answer": "ba"}\n{"question": oops\n')
     proc = run_cli("run", path, f"dataset.path={data}", cwd=tmp_path, check=False)
-    assert_clean_error(proc, f"dataset: cannot read {data}", "JSON")
+    assert_clean_error(proc, f"dataset.path: line 2 of {data.name} is not valid JSON")  # before the model is built

@@ -252,5 +252,8 @@ def test_config_validation_before_launch(plugins, tiny_model_dir):
                     "prompt_template": "{ctx}: {prompt}"}, plugins, str(tiny_model_dir))
     assert "{ctx} name no column" in err and "context" in err
     cfg = config.resolve({"model": {"name": "hf", "pretrained": str(tiny_model_dir)},
-                          "dataset": {"name": "chat", "path": CHAT, "packing": True, "truncation": "drop"}}, plugins)
+                          "dataset": {"name": "chat", "path": CHAT, "packing": True, "truncation": "drop",
+                                      "chat_template": WITH_GENERATION}}, plugins)  # the tiny tokenizer has none
     assert cfg["dataset"]["truncation"] == "drop"
+    err = problems({"name": "chat", "path": CHAT}, plugins, str(tiny_model_dir))  # found before the model is built
+    assert "dataset.chat_template: is not set and the tokenizer at" in err and "has no chat template" in err
