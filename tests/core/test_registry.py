@@ -15,7 +15,8 @@ def test_builtins_register_every_builtin_component():
     assert registry.names("losses") == ["masked_ce"]
     assert registry.names("parallelizers") == ["ddp"]
     assert set(registry.names("loggers")) == {"console", "jsonl"}
-    assert set(registry.names("lr_schedulers")) == {"constant", "cosine", "linear"}
+    assert set(registry.names("lr_schedulers")) == {"constant", "cosine", "linear", "wsd"}
+    assert set(registry.names("optimizers")) == {"adamw", "sgd", "muon", "adafactor", "adamw_8bit"}
 
 
 def test_lazy_targets_are_not_imported_until_resolved():
