@@ -8,6 +8,7 @@ and found every curve; a screenshot is taken).
 from __future__ import annotations
 
 import contextlib
+import html
 import io
 import json
 import os
@@ -196,6 +197,22 @@ def browse(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProces
     )
 
 
+# Appended to a copy of the page: switch the x axis to tokens, move the pointer over the loss plot, and
+# record what the page did (the class of the plots, which plots are visible, the readout) on <body>.
+PROBE = """<script>
+(function () {
+  document.querySelector('.controls button[data-x="tokens"]').click();
+  var svg = document.querySelector('figure[data-metric="loss"] svg.by-tokens');
+  var box = svg.getBoundingClientRect();
+  svg.dispatchEvent(new MouseEvent("mousemove", {clientX: box.left + box.width * 0.6, clientY: box.top + 40, bubbles: true}));
+  var shown = Array.prototype.filter.call(document.querySelectorAll("svg.plot"), function (s) { return s.getBoundingClientRect().width > 0; });
+  document.body.setAttribute("data-probe", JSON.stringify({
+    plots: document.getElementById("plots").className, shown: shown.map(function (s) { return s.getAttribute("data-x"); }),
+    readout: svg.parentNode.querySelector(".readout").textContent}));
+})();
+</script></body>"""
+
+
 def test_page_in_headless_chromium(runs, tmp_path):
     # control: the browser's console reaches stderr as CONSOLE lines (else this test could not see an error)
     bad = tmp_path / "bad.html"
@@ -203,13 +220,18 @@ def test_page_in_headless_chromium(runs, tmp_path):
     control = browse(bad, tmp_path, "--dump-dom")
     assert "CONSOLE" in control.stderr and "missing is not defined" in control.stderr, control.stderr[-2000:]
 
+    probed = tmp_path / "probed.html"
+    probed.write_text(runs["html"].replace("</body>", PROBE))
     shot = tmp_path / "report.png"
-    out = browse(runs["page"], tmp_path, "--dump-dom", f"--screenshot={shot}", "--window-size=1300,1500",
-                 "--hide-scrollbars")
+    out = browse(probed, tmp_path, "--dump-dom", f"--screenshot={shot}", "--window-size=1300,1500", "--hide-scrollbars")
     assert out.returncode == 0, out.stderr[-2000:]
     assert [line for line in out.stderr.splitlines() if "CONSOLE" in line] == []
-    # the DOM after the script ran: it counted every curve of every plot (2 runs x 2 x-axes per metric)
+    # the page's script ran and found every curve of every plot (2 runs x 2 x axes per metric)
     polylines = runs["html"].count("<polyline ")
     assert polylines >= 2 * 2 * 7
     assert f'data-curves="{polylines}"' in out.stdout, out.stdout[:500]
+    # the x-axis switch and the pointer readout work
+    probe = json.loads(html.unescape(re.search(r'data-probe="([^"]*)"', out.stdout).group(1)))
+    assert probe["plots"] == "grid-plots x-tokens" and set(probe["shown"]) == {"tokens"} and len(probe["shown"]) >= 7
+    assert re.fullmatch(r"base @ step \d: [\d.]+\s+fast @ step \d: [\d.]+", probe["readout"]), probe["readout"]
     assert shot.stat().st_size > 30_000

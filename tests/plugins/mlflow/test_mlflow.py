@@ -132,6 +132,7 @@ def test_params_are_the_resolved_config_and_tags_name_the_plugins(run):
     assert "step_scheduler.max_steps: 3 -> 5" in tags["automodel.resumed_at_step_2"]
     assert tags["automodel.plugin.mlflow"] == f"automodel-mlflow {automodel_mlflow.__version__}"
     assert tags["automodel.plugin.builtin"].startswith("automodel-core")
+    assert f"loggers=mlflow (automodel-mlflow {automodel_mlflow.__version__})" in tags["automodel.components"]
     assert tags["automodel.output_dir"] == str(run["out"].resolve())
 
 
@@ -144,6 +145,15 @@ def test_config_and_exported_model_are_artifacts(run, tmp_path):
     path = client.download_artifacts(run_id, "config.yaml", str(tmp_path))
     # the resumed attempt's config (in-process runs leave the first attempt's config.yaml on disk)
     assert yaml.safe_load(Path(path).read_text())["step_scheduler"] == {**run["config"]["step_scheduler"], "max_steps": 5}
+
+
+def test_passes_the_conformance_kit(run, server):
+    from automodel.testing import check_plugin
+
+    report = check_plugin("mlflow", args={"mlflow": {"tracking_uri": server["uri"], "experiment_name": "kit"}})
+    assert report.checked and not report.problems, str(report)
+    (kit,) = run["client"].search_runs([run["client"].get_experiment_by_name("kit").experiment_id])
+    assert history(run["client"], kit.info.run_id, "loss") and kit.info.status == "FINISHED"
 
 
 def test_secrets_are_masked_in_params():

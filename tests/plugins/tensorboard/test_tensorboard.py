@@ -110,3 +110,10 @@ def test_validate_reports_a_mistyped_key(tmp_path):
     with pytest.raises(Exception) as e:
         config.validate(config.load(cfg), load_plugins())
     assert "loggers.0.logdir" in str(e.value) and "log_dir" in str(e.value)
+
+
+def test_passes_the_conformance_kit():
+    from automodel.testing import check_plugin
+
+    report = check_plugin("tensorboard")
+    assert report.checked and not report.problems, str(report)

@@ -186,6 +186,13 @@ class MlflowLogger:
             else:
                 where = f"{info.dist} {info.version or ''}".strip() if info.dist else f"{info.source} module {info.module}"
             tags[f"automodel.plugin.{info.name}"] = where
+        if self.ctx.plugins is not None and self.ctx.config:
+            from automodel.config import component_providers
+
+            try:  # which plugin provided each component of this run: "loss=triton_ce (automodel-triton-ce 0.1.0)"
+                tags["automodel.components"] = "; ".join(component_providers(self.ctx.config, self.ctx.plugins))[:5000]
+            except (KeyError, TypeError, AttributeError):
+                pass
         tags.update({str(k): str(v) for k, v in (extra or {}).items()})
         return tags
 
