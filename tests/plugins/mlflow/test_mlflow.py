@@ -182,3 +182,20 @@ def test_an_unreachable_server_warns_when_configured(tmp_path, capsys):
     logger.close()
     text = capsys.readouterr().out
     assert f"warning: mlflow: the tracking server {uri} cannot be reached" in text and "training continues" in text
+
+
+def test_local_store_in_the_run_directory_by_default(tmp_path, monkeypatch, capsys):
+    from automodel_mlflow.logger import MlflowLogger
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "my-run"
+    logger = MlflowLogger(Context(output_dir=out, config={"seed": 1, "optimizer": {"name": "adamw", "lr": 0.1}}))
+    logger.log({"loss": 1.5, "lr": 0.1}, 1)
+    logger.close()
+    assert logger.uri == f"sqlite:///{out.resolve() / 'mlruns' / 'mlflow.db'}"
+    run = MlflowClient(tracking_uri=logger.uri).get_run(logger.run_id)
+    assert (run.info.run_name, run.info.status) == ("my-run", "FINISHED")
+    assert run.data.params == {"seed": "1", "optimizer.name": "adamw", "optimizer.lr": "0.1"} and run.data.metrics == {"loss": 1.5, "lr": 0.1}
+    assert (out / "mlruns" / "artifacts").is_dir() and run.info.artifact_uri.startswith((out / "mlruns" / "artifacts").as_uri())
+    assert "Creating initial MLflow database tables" not in capsys.readouterr().err

@@ -6,6 +6,7 @@ which only checks that a tracking server answers).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -132,6 +133,8 @@ class MlflowLogger:
             return
         from mlflow.tracking import MlflowClient
 
+        for name in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables...": not news
+            logging.getLogger(name).setLevel(logging.WARNING)
         local = self.uri.startswith("sqlite:///") and tracking_uri is None and not os.environ.get("MLFLOW_TRACKING_URI")
         if local:
             (output_dir / "mlruns").mkdir(parents=True, exist_ok=True)
