@@ -10,6 +10,9 @@
 3. From a temporary directory (the repository is not on sys.path, PYTHONPATH unset): ``automodel
    plugins`` lists exactly builtin + fsdp2, ``--check`` passes, and a 2-process FSDP2 run of the
    quickstart (a copy of examples/quickstart) exits 0, its loss falls and it exports a HF model.
+4. Every package-index and built-wheels ``pip install`` line of the docs (tools/install_lines.py) resolves
+   against dist/ in that venv: ``pip install --dry-run --no-index --find-links dist --no-deps``, each
+   distribution at VERSION, its extras declared by our wheel, the first-party packages they pull in built.
 
     python tools/check_wheels.py                # all of it (needs `build` and `twine` installed)
     python tools/check_wheels.py --build-only --outdir /wheels   # what docker/Dockerfile runs
@@ -37,6 +40,7 @@ from email.parser import Parser
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from install_lines import all_lines  # noqa: E402
 from versions import CORE, ROOT, check, package_dirs, project_table, read_version  # noqa: E402
 
 TORCH = "torch==2.13.0"  # the CPU wheel on our CI machines; any torch>=2.6 works for the packages
@@ -229,6 +233,60 @@ def install_and_run(outdir: Path, wheels: dict[str, Path], version: str, work: P
     n = int(run([py, "-c", probe, hf], env=env, cwd=work, capture_output=True, text=True).stdout.split()[-1])
     log(f"2-process fsdp2 quickstart: {MAX_STEPS} steps in {seconds:.1f} s, loss "
         f"{' -> '.join(f'{loss:.3f}' for _, loss in steps)}, exported {n:,} parameters to {hf.name}/ (loads in transformers)")
+    check_doc_install_lines(py, outdir, version, wheels, env, work)
+
+
+def check_doc_install_lines(py: Path, outdir: Path, version: str, wheels: dict[str, Path], env: dict[str, str],
+                            cwd: Path) -> None:
+    """Every index / wheels ``pip install`` line of the docs resolves against ``outdir`` alone (no index):
+    each named distribution is one of our wheels at ``version``, with the extras it names, and every
+    first-party package those extras and requirements pull in was built too."""
+    from packaging.requirements import Requirement
+
+    lines = [line for line in all_lines() if line.kind in ("index", "wheels")]
+    distinct: dict[tuple[str, ...], list] = {}
+    for line in lines:
+        distinct.setdefault(tuple(sorted(line.requirements)), []).append(line)
+    t0 = time.time()
+    for reqs, where in distinct.items():
+        shown = "\n  ".join(x.where() for x in where)
+        todo, closure = [Requirement(r) for r in reqs], set()
+        while todo:  # the first-party closure: requirements, and what their extras add
+            req = todo.pop()
+            name = req.name.lower()
+            if not name.startswith("automodel-") or (name, tuple(sorted(req.extras))) in closure:
+                continue
+            closure.add((name, tuple(sorted(req.extras))))
+            if name not in wheels:
+                raise CheckFailed(f"{name} (named by the docs) was not built into {outdir}:\n  {shown}")
+            meta, _ = wheel_metadata(wheels[name])
+            missing = set(req.extras) - set(meta.get_all("Provides-Extra") or [])
+            if missing:
+                raise CheckFailed(f"{wheels[name].name} has no extra {sorted(missing)}:\n  {shown}")
+            for dep in map(Requirement, meta.get_all("Requires-Dist") or []):
+                if dep.marker is None or any(dep.marker.evaluate({"extra": e}) for e in req.extras):
+                    todo.append(dep)
+
+    def dry_run(reqs: list[str]) -> tuple[subprocess.CompletedProcess, list[str], list[str]]:
+        proc = run([py, "-m", "pip", "install", "--disable-pip-version-check", "--dry-run", "--no-index", "--no-deps",
+                    "--ignore-installed", "--find-links", outdir, *reqs], env=env, cwd=cwd, capture_output=True,
+                   text=True, check=False)
+        would = sorted(w.lower() for w in proc.stdout.partition("Would install ")[2].split())
+        return proc, would, sorted({f"{Requirement(r).name.lower()}-{version}" for r in reqs})
+
+    # one pip run for all of them (~2 s); only when it fails, one per line to name the culprit
+    proc, would, expected = dry_run(sorted({r for reqs in distinct for r in reqs}))
+    if proc.returncode != 0 or would != expected:
+        for reqs, where in distinct.items():
+            proc, would, expected = dry_run(list(reqs))
+            if proc.returncode != 0 or would != expected:
+                shown = "\n  ".join(x.where() for x in where)
+                raise CheckFailed(f"pip install --dry-run --no-index --find-links {outdir} {' '.join(reqs)} "
+                                  f"(exit {proc.returncode}) would install {would}, expected {expected}:\n  {shown}\n"
+                                  f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        raise CheckFailed(f"the docs' install lines together do not resolve against {outdir}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    log(f"docs: {len(lines)} package-index / built-wheels install lines ({len(distinct)} distinct) resolve against "
+        f"{outdir.name}/ (pip --dry-run --no-index, extras and first-party closure checked) in {time.time() - t0:.1f} s")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,12 +48,32 @@ def export_model(built: BuiltModel, checkpointer: Any, ctx: Context, out_dir: st
     """Write a Hugging Face model directory: a transform that knows better (LoRA: an adapter
     directory) exports itself, otherwise the checkpointer writes full weights. Every rank calls it."""
     out = Path(out_dir)
+    template = training_chat_template(ctx.config or {}, ctx)
+    if template is not None and built.tokenizer is not None and getattr(built.tokenizer, "chat_template", None) != template:
+        built.tokenizer.chat_template = template  # saved with the tokenizer: inference renders what training did
     exporters = [e for t in built.transforms if (e := member(t, Transform, "export")) is not None]
     for export in exporters:
         export(built.model, built.tokenizer, out, ctx)
     if not exporters:
         checkpointer.export(built.model, built.tokenizer, out)
     return out
+
+
+def training_chat_template(cfg: dict[str, Any], ctx: Context | None = None) -> str | None:
+    """The chat template the training data was rendered with: ``dataset.chat_template`` (Jinja text, or a
+    file), or None when the dataset has none (the tokenizer's own, if any, is already in its files)."""
+    section = cfg.get("dataset")
+    template = section.get("chat_template") if isinstance(section, dict) else None
+    if not isinstance(template, str) or not template:
+        return None
+    if "{%" in template or "{{" in template:
+        return template
+    path = Path(template).expanduser()
+    if path.is_file():
+        return path.read_text()
+    if ctx is not None:
+        ctx.print(f"warning: export: dataset.chat_template {template} is gone; the exported tokenizer keeps its own template")
+    return None
 
 
 def find_config(checkpoint: Path) -> Path:

@@ -398,3 +398,65 @@ def test_run_dir_has_no_full_weights(runs: dict[str, Any]) -> None:
     size = (runs["single"] / "hf" / "adapter_model.safetensors").stat().st_size
     full = sum(p.stat().st_size for p in runs["model"].glob("*.safetensors"))
     assert size < full / 5
+
+
+# --------------------------------------------------------------------------------------------------
+# A loadable base (issue 31)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_adapter_records_its_base_as_an_absolute_path_that_auto_peft_loads(runs: dict[str, Any]) -> None:
+    from peft import AutoPeftModelForCausalLM
+
+    hf = runs["single"] / "hf"
+    config = json.loads((hf / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(runs["model"].resolve())
+    assert oct((hf / "adapter_model.safetensors").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    tok = _tokenizer(hf)
+    auto = AutoPeftModelForCausalLM.from_pretrained(hf)  # nothing but the adapter directory
+    want = _logits(_training_model(runs["single"], SCHED["max_steps"]), tok)
+    torch.testing.assert_close(_logits(auto, tok), want, rtol=1e-5, atol=1e-5)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_base_built_from_config_is_refused_before_launch_unless_allowed(tmp_path: Path) -> None:
+    model_dir = tiny_model(tmp_path / "model")
+    cfg = make_config(tmp_path, model_dir, transforms=[{"name": "lora", "r": 4}])
+    config = json.loads((model_dir / "config.json").read_text())
+    from_config = ["~model.pretrained", f"model.tokenizer={model_dir}",
+                   f"model.config={{model_type: llama, vocab_size: {config['vocab_size']}, hidden_size: 32}}"]
+    out = run_cli("validate", cfg, *from_config, cwd=tmp_path, check=False)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "transforms.0: the base model is built from model.config (random weights) and LoRA freezes it" in out.stderr
+    assert "model.pretrained=<dir or hub id> '~model.config' '~model.tokenizer'" in out.stderr
+    assert run_cli("validate", cfg, *from_config, "transforms.0.allow_random_base=true", cwd=tmp_path).returncode == 0
+    assert run_cli("validate", cfg, cwd=tmp_path).returncode == 0  # loaded from a directory: fine
+
+
+def test_a_random_base_is_exported_next_to_the_adapter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A base that was not loaded (built from a config; the direct API does not validate): a warning at
+    apply, and the export writes the base to <out>/base, which the adapter names: peft loads the pair."""
+    from automodel.context import Context
+    from automodel_lora.transform import LoRA
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_dir = tiny_model(tmp_path / "model")
+    tok = _tokenizer(model_dir)
+    base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    base.config.name_or_path = ""  # as the hf loader builds it from model.config (AutoConfig.for_model)
+    transform = LoRA(r=4, alpha=8, init_lora_weights=False)
+    model = transform.apply(base, Context(config={"seed": 0}))
+    assert "warning: lora: the base model was not loaded from a path or hub id" in capsys.readouterr().out
+    want = _logits(model, tok)
+    out = tmp_path / "hf"
+    transform.export(model, tok, out, Context(output_dir=tmp_path))
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((out / "base").resolve())
+    assert (out / "base" / "config.json").exists() and not list((out / "base").glob("adapter_*"))
+    torch.testing.assert_close(_logits(AutoPeftModelForCausalLM.from_pretrained(out), tok), want, rtol=1e-5, atol=1e-5)

@@ -413,6 +413,21 @@ def test_wait_returns_the_job_exit_code(slurm_cluster: None, tmp_path: Path, mod
     assert "failing on purpose" in (tmp_path / "fail" / "slurm" / f"slurm-{job_id}.out").read_text()
 
 
+def test_the_test_cluster_is_separate_from_any_other_slurm(slurm_cluster: None) -> None:
+    """Its own config, state, spool, name and ports (a machine's own Slurm, with its /etc/slurm and its state
+    under /var/spool, can neither confuse it nor be touched by it), and the tests talk to it alone."""
+    from conftest import CONF
+
+    assert os.environ["SLURM_CONF"] == str(CONF)
+    conf = dict(line.split("=", 1) for line in CONF.read_text().splitlines() if "=" in line and not line.startswith(("#", "Node", "Partition")))
+    base = str(CONF.parent)
+    assert conf["ClusterName"] == "automodel-test" and (conf["SlurmctldPort"], conf["SlurmdPort"]) == ("6917", "6918")
+    for key in ("StateSaveLocation", "SlurmdSpoolDir", "SlurmctldPidFile", "SlurmdPidFile", "SlurmctldLogFile", "SlurmdLogFile"):
+        assert conf[key].startswith(base + "/"), (key, conf[key])
+    shown = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "ClusterName             = automodel-test" in shown and f"StateSaveLocation       = {base}/state" in shown
+
+
 def test_start_script_is_idempotent(slurm_cluster: None) -> None:
     start = Path(__file__).resolve().parents[3] / "automodel-plugins" / "automodel-slurm" / "ci" / "start_slurm.sh"
     t0 = time.monotonic()

@@ -44,15 +44,28 @@ def save_adapter(peft_model: Any, model: Any, tokenizer: Any, out: Path, ctx: An
     return out
 
 
-def save_merged(peft_model: Any, model: Any, tokenizer: Any, out: Path, ctx: Any) -> Path:
+def loadable_base(name_or_path: str) -> str | None:
+    """What an adapter's ``base_model_name_or_path`` should say for a base loaded from ``name_or_path``:
+    the absolute path of a local directory (a relative one would only resolve from the training run's
+    working directory), a hub id as is, or None when there is nothing to load (built from a config)."""
+    if not name_or_path:
+        return None
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    return name_or_path
+
+
+def save_merged(peft_model: Any, model: Any, tokenizer: Any, out: Path, ctx: Any, merge: bool = True) -> Path:
     """``out``: the base model with the adapters merged in (``merge_and_unload``), as consolidated
-    safetensors + config (+ tokenizer) that ``AutoModelForCausalLM.from_pretrained`` loads as is."""
+    safetensors + config (+ tokenizer) that ``AutoModelForCausalLM.from_pretrained`` loads as is;
+    ``merge=False``: the base model alone, the adapters removed (``unload``)."""
     from automodel.weights import unwrap
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     full = get_model_state_dict(unwrap(model), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if ctx.is_main:
-        merged = merge_state_dict(peft_model, full)
+        merged = merge_state_dict(peft_model, full, merge=merge)
         out.mkdir(parents=True, exist_ok=True)
         merged.save_pretrained(str(out))
         if tokenizer is not None:
@@ -61,9 +74,15 @@ def save_merged(peft_model: Any, model: Any, tokenizer: Any, out: Path, ctx: Any
     return out
 
 
-def merge_state_dict(peft_model: Any, full: dict[str, Any]) -> Any:
+def save_base(peft_model: Any, model: Any, tokenizer: Any, out: Path, ctx: Any) -> Path:
+    """``out``: the frozen base model (no adapters), for an adapter whose base was built from a config."""
+    return save_merged(peft_model, model, tokenizer, out, ctx, merge=False)
+
+
+def merge_state_dict(peft_model: Any, full: dict[str, Any], merge: bool = True) -> Any:
     """A fresh Hugging Face model holding ``full`` (the adapted model's complete state dict) with the
-    adapters merged into the base weights. Built on the meta device, so only ``full`` takes memory."""
+    adapters merged into the base weights (``merge=False``: dropped). Built on the meta device, so only
+    ``full`` takes memory."""
     from accelerate import init_empty_weights
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
@@ -80,7 +99,7 @@ def merge_state_dict(peft_model: Any, full: dict[str, Any]) -> Any:
         raise RuntimeError(f"merged export: state dict does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     if hasattr(base, "tie_weights"):
         base.tie_weights()
-    return fresh.merge_and_unload()
+    return fresh.merge_and_unload() if merge else fresh.unload()
 
 
 def unwrap_config(peft_model: Any) -> Any:

@@ -43,6 +43,12 @@ class LoRA:
       as consolidated safetensors to ``<output_dir>/hf/merged``.
     * ``seed``: seed of the adapter initialization (default: the run's ``seed``). Adapters are
       initialized from this seed alone, so every process layout starts from the same adapters.
+    * ``allow_random_base``: LoRA freezes the base model, so a base built from ``model.config`` (random
+      weights) is refused before launch unless this is ``true`` (tests, benchmarks). Such a base is
+      exported next to the adapter (``<out>/base``) so the adapter stays loadable.
+
+    The adapter's ``adapter_config.json`` always names a loadable base (``base_model_name_or_path``): the
+    absolute path of a local ``model.pretrained``, its hub id, or the exported ``<out>/base``.
     """
 
     def __init__(
@@ -58,6 +64,7 @@ class LoRA:
         init_lora_weights: bool | Literal["gaussian"] = True,
         export_merged: bool = False,
         seed: int | None = None,
+        allow_random_base: bool = False,
     ):
         problems = validate_args(dict(r=r, alpha=alpha, dropout=dropout, target_modules=target_modules,
                                       exclude_modules=exclude_modules, init_lora_weights=init_lora_weights))
@@ -75,6 +82,8 @@ class LoRA:
         self.init_lora_weights = init_lora_weights
         self.export_merged = export_merged
         self.seed = seed
+        self.allow_random_base = allow_random_base
+        self.base: str = ""  # where the base model came from (model.config.name_or_path), set by apply()
         self.peft_model: Any = None  # the PeftModel around the returned model, set by apply()
         self._seed = 0  # of the adapter init, set by apply()
         self._wrappers: list[tuple[str, str]] = []  # peft layers of the returned model, set by apply()
@@ -104,6 +113,12 @@ class LoRA:
         from peft import get_peft_model
 
         meta = any(p.is_meta for p in model.parameters())
+        self.base = str(getattr(getattr(model, "config", None), "name_or_path", "") or "")
+        if not self.base and not self.allow_random_base:
+            ctx.print("warning: lora: the base model was not loaded from a path or hub id (built from a config: "
+                      "random weights?) and LoRA freezes it; the adapter will be exported with the base "
+                      "(<output_dir>/hf/base). Start from a trained model (model.pretrained), or set "
+                      "allow_random_base: true to silence this")
         config = self.lora_config()
         if self.exclude_modules is None and getattr(model, "automodel_lora_exclude", None):
             # the loader's default scope (automodel-vlm: the language model only, not the vision tower)
@@ -186,11 +201,17 @@ class LoRA:
         """Write a PEFT adapter directory (``PeftModel.from_pretrained(base, out_dir)`` loads it) plus the
         tokenizer to ``out_dir``; with ``export_merged`` also the merged model to ``out_dir/merged``.
         ``ctx.extras["export_merged"]`` (``automodel export --merged/--adapter-only``) overrides the key."""
-        from automodel_lora.export import save_adapter, save_merged
+        from automodel_lora.export import loadable_base, save_adapter, save_base, save_merged
 
         if self.peft_model is None:
             raise AutomodelError("transforms.lora: export() called before apply()")
         out = Path(out_dir)
+        base = loadable_base(self.base)
+        if base is None:  # built from a config: export it, so that the adapter names a base that exists
+            base = str(save_base(self.peft_model, model, tokenizer, out / "base", ctx).resolve())
+            ctx.print(f"lora: the base model was built from a config, not loaded: exported it to {out / 'base'} "
+                      "(the adapter's base_model_name_or_path)")
+        self.peft_model.peft_config[ADAPTER].base_model_name_or_path = base
         save_adapter(self.peft_model, model, tokenizer, out, ctx)
         if (ctx.extras or {}).get("export_merged", self.export_merged):
             save_merged(self.peft_model, model, tokenizer, out / "merged", ctx)
@@ -202,9 +223,17 @@ class LoRA:
 # --------------------------------------------------------------------------------------------------
 
 
-def validate_args(args: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """Checks of the YAML values run before launch (the model is not known yet)."""
+def validate_args(args: dict[str, Any], config: dict[str, Any] | None = None) -> list[tuple[str, str, str]]:
+    """Checks of the YAML values run before launch (the model is not built yet); with the whole
+    ``config``, also that the base model LoRA freezes is loaded, not built from ``model.config``."""
     out: list[tuple[str, str, str]] = []
+    model = (config or {}).get("model") or {}
+    if isinstance(model, dict) and model.get("config") and not model.get("pretrained") and not args.get("allow_random_base"):
+        out.append(("", "the base model is built from model.config (random weights) and LoRA freezes it: the adapter "
+                    "would learn on top of noise",
+                    "start from a trained model: model.pretrained=<dir or hub id> '~model.config' '~model.tokenizer' "
+                    "(after the quickstart: examples/lora/config.yaml), or set allow_random_base: true in this "
+                    "transform (tests, benchmarks)"))
     r = args.get("r", 8)
     if isinstance(r, int) and r < 1:
         out.append(("r", f"must be a positive integer, got {r}", "typical values: 8, 16, 64"))
