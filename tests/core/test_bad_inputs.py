@@ -64,7 +64,7 @@ CASES: list[Case] = [
     Case("yaml-duplicate-top", "seed: duplicate key (line 1 and line 2)", text="seed: 1\nseed: 2\n", commands=("validate", "run")),
     Case("yaml-duplicate-nested", "optimizer.lr: duplicate key (line 2 and line 3)",
          text="optimizer:\n  lr: 1.0e-3\n  lr: 2.0e-3\n"),
-    Case("yaml-not-utf8", "is not UTF-8 text (byte 0xff at line 2", text=b"seed: 1\n# caf\xff\n", commands=("validate", "run")),
+    Case("yaml-not-utf8", "config.yaml: not UTF-8 text (byte 0xff at line 2", text=b"seed: 1\n# caf\xff\n", commands=("validate", "run")),
     Case("yaml-syntax", "invalid YAML (line", text="model: [unclosed\n"),
     Case("yaml-top-level-list", "the top level must be a mapping", text="- a\n- b\n"),
     Case("yaml-missing-file", "config file not found", config_name="nope.yaml"),

@@ -130,7 +130,7 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         text = raw_bytes.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw_bytes[: e.start].count(b"\n") + 1
-        raise ConfigError([Problem("", f"{path} is not UTF-8 text (byte 0x{raw_bytes[e.start]:02x} at line {line}, offset {e.start})",
+        raise ConfigError([Problem("", f"not UTF-8 text (byte 0x{raw_bytes[e.start]:02x} at line {line}, offset {e.start})",
                                    "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")], str(path)) from None
     try:
         duplicates = _duplicate_keys(yaml.compose(text, Loader=_Loader))  # noqa: S506 - a SafeLoader subclass
