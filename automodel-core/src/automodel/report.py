@@ -54,6 +54,8 @@ class Run:
         """``(x, value, step)`` of ``metric`` with ``x`` = ``"step"`` or ``"tokens"`` (tokens seen)."""
         records = self.val if metric.startswith("val_") or (metric not in self._train_keys() and self.val) else self.train
         tokens = self._tokens_at()
+        if x == "tokens" and not any(tokens.values()):  # a run that did not log tokens_seen: no tokens axis
+            return []
         out = []
         for step in sorted(records):
             value = records[step].get(metric)
