@@ -87,15 +87,22 @@ def hf_vlm(
             "use the model's own processor or raise model.config.text_config.vocab_size"
         )
 
+    model = None
     if ctx.meta_init:
         from accelerate import init_empty_weights
 
         with init_empty_weights(include_buffers=False):
             model = AutoModelForImageTextToText.from_config(model_config, dtype=torch_dtype, **kwargs)
         model.config.name_or_path = pretrained or ""
-    elif pretrained:
+        if pretrained and not _files_match(model, pretrained):
+            # transformers writes many VLMs under their legacy names (language_model.model.*) and renames
+            # them while loading; the core's sharded load reads the files by the model's own names
+            ctx.print(f"vlm: {pretrained} stores its weights under other names than the model's (transformers' "
+                      "legacy layout), so each process loads the whole model before it is sharded")
+            model = None
+    if model is None and pretrained:
         model = AutoModelForImageTextToText.from_pretrained(pretrained, config=model_config, dtype=torch_dtype, **kwargs)
-    else:
+    elif model is None:
         model = AutoModelForImageTextToText.from_config(model_config, dtype=torch_dtype, **kwargs)
         init_weights(model, ctx.config.get("seed", 0))  # the same start for any layout (see automodel.weights)
 
@@ -107,10 +114,25 @@ def hf_vlm(
         frozen += _freeze(parts["projector"], "freeze_projector", "projector", model)
     if lora_scope == "language_model":
         model.automodel_lora_exclude = lora_exclude_regex(model, parts["language_model"])
-    if not ctx.meta_init:
+    if not any(p.is_meta for p in model.parameters()):
         model.to(ctx.device)
     ctx.print(describe(model, proc, parts, frozen))
     return model, proc
+
+
+def _files_match(model: Any, pretrained: str) -> bool:
+    """Every weight of ``model`` is in the safetensors files of the local directory ``pretrained`` under
+    its own name (what the core's meta-device load needs); False for a hub id or other names."""
+    from safetensors import safe_open
+
+    files = sorted(Path(pretrained).expanduser().glob("*.safetensors")) if Path(pretrained).expanduser().is_dir() else []
+    if not files:
+        return False
+    names: set[str] = set()
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            names.update(h.keys())
+    return {n for n, _ in model.named_parameters()} <= names  # tied weights: under their first name
 
 
 # --------------------------------------------------------------------------------------------------
