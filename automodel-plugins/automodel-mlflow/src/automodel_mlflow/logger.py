@@ -261,10 +261,12 @@ class MlflowLogger:
         from automodel.signals import read_marker
 
         status = "FAILED" if failed else "KILLED" if read_marker(self.ctx.output_dir) else "FINISHED"
-        try:
+        try:  # the model and the checkpoints are on disk already: a tracking problem now only costs the upload
             self._log_artifacts()
-        finally:
             self.client.set_terminated(self.run_id, status=status)
+        except Exception as e:
+            print(f"warning: mlflow: could not finish run {self.run_id} at {self.uri} ({type(e).__name__}: "
+                  f"{str(e)[:300]}); the run's files are intact in {self.ctx.output_dir}", flush=True)
 
     def _log_artifacts(self) -> None:
         output_dir = Path(self.ctx.output_dir)
