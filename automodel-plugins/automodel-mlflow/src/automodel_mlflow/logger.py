@@ -91,8 +91,8 @@ class MlflowLogger:
       the values of keys naming a token, key, password or secret masked;
     * metrics: every numeric value of every training and validation record at its optimizer step
       (``loss``, ``lr``, ``grad_norm``, ``tokens_per_s``, ``val_loss``, ...), one batch per record;
-    * tags: the automodel version, each loaded plugin's version (``automodel.plugin.<name>``), the run
-      directory, and ``tags`` from the config;
+    * tags: the automodel version, each loaded plugin's version (``automodel.plugin.<name>``), which plugin
+      provided each component (``automodel.components``), the run directory, and ``tags`` from the config;
     * artifacts at the end: ``config.yaml`` (masked) and, with ``log_model``, the exported ``<output_dir>/hf``
       under ``model/``.
 
