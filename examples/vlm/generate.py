@@ -16,10 +16,10 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 HERE = Path(__file__).parent
 
 
-def main(model_dir: str = "runs/vlm/hf") -> float:
+def main(model_dir: str = "runs/vlm/hf", limit: int | None = None) -> float:
     processor = AutoProcessor.from_pretrained(model_dir)
     model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
-    rows = [json.loads(line) for line in (HERE / "data" / "val.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (HERE / "data" / "val.jsonl").read_text().splitlines()][:limit]
     correct = 0
     for i, row in enumerate(rows):
         question, answer = row["messages"][0], row["messages"][1]["content"][0]["text"]

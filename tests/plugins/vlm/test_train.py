@@ -133,3 +133,18 @@ def test_lora_adapter_on_the_language_model_loads_in_peft(runs: dict[str, Path])
     adapted = [n for n, _ in peft_model.named_modules() if n.endswith("lora_A")]
     assert adapted and all(".language_model." in n for n in adapted)  # none on the vision tower or projector
     assert not torch.allclose(peft_model(input_ids=ids).logits, before)  # the trained adapter changes the output
+
+
+def test_example_smoke(tmp_path: Path) -> None:
+    """examples/vlm: its config trains (2 steps) and generate.py reads the export with plain transformers."""
+    import importlib.util
+
+    example = Path(__file__).resolve().parents[3] / "examples" / "vlm"
+    run_cli("run", example / "config.yaml", f"output_dir={tmp_path / 'run'}", "step_scheduler.max_steps=2",
+            "step_scheduler.global_batch_size=4", "step_scheduler.local_batch_size=4", "~validation_dataset",
+            "checkpoint.save_final=false", cwd=tmp_path)
+    assert len(read_metrics(tmp_path / "run")) == 2
+    spec = importlib.util.spec_from_file_location("vlm_generate", example / "generate.py")
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    assert 0.0 <= generate.main(str(tmp_path / "run" / "hf"), limit=3) <= 1.0
