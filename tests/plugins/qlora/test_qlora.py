@@ -172,16 +172,28 @@ def _merged(run: Path) -> Any:
 
 
 def test_merged_export_is_a_plain_dequantized_model(runs: dict[str, Any]) -> None:
+    """hf/merged: no quantization_config, float32 (the loader's dtype), every original weight; a quantized
+    layer holds exactly dequantize(NF4(W)) + scale * B A."""
+    import bitsandbytes.functional as bnbf
+
     merged_dir = runs["bnb"] / "hf" / "merged"
     config = json.loads((merged_dir / "config.json").read_text())
     assert "quantization_config" not in config
     weights = _safetensors(merged_dir / "model.safetensors")
     original = _safetensors(runs["model"] / "model.safetensors")
+    adapter = _safetensors(runs["bnb"] / "hf" / "adapter_model.safetensors")
     assert set(weights) == set(original)
     assert all(v.dtype == torch.float32 for v in weights.values())
-    q = "model.layers.0.self_attn.q_proj.weight"
-    assert weights[q].shape == original[q].shape
-    assert 0 < (weights[q] - original[q]).abs().max() < 0.1 * original[q].abs().max()
+    name = "model.layers.0.self_attn.q_proj"
+    a, b = (adapter[f"base_model.model.{name}.lora_{x}.weight"] for x in ("A", "B"))
+    w = original[f"{name}.weight"]
+    packed, state = bnbf.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
+    dequantized = bnbf.dequantize_4bit(packed, state)
+    scale = QLORA["alpha"] / QLORA["r"]
+    torch.testing.assert_close(weights[f"{name}.weight"], dequantized + scale * b @ a, rtol=1e-5, atol=1e-5)
+    error = (dequantized - w).norm() / w.norm()
+    assert 0.01 < error < 0.2, error  # NF4 rounding: present, and of the expected size
+    assert torch.equal(weights["model.norm.weight"], original["model.norm.weight"])  # unquantized: as loaded
 
 
 def test_resume_continues_the_same_curve(runs: dict[str, Any]) -> None:
@@ -194,6 +206,16 @@ def test_resume_continues_the_same_curve(runs: dict[str, Any]) -> None:
     run_cli("run", cfg, cwd=root)
     want = [m for m in read_metrics(runs["bnb"]) if m["step"] > SCHED["ckpt_every_steps"]]
     _same_losses(read_metrics(root / "run"), want)
+    keys = _checkpoint_keys(ckpt)
+    assert "model.model.layers.0.self_attn.q_proj.lora_A.default.weight" in keys
+    assert "model.model.norm.weight" in keys
+    assert not any("base_layer.weight" in k for k in keys), sorted(keys)[:20]  # the frozen 4-bit base is left out
+
+
+def _checkpoint_keys(path: Path) -> set[str]:
+    import torch.distributed.checkpoint as dcp
+
+    return set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
 
 
 def test_export_command_rebuilds_the_quantized_model(runs: dict[str, Any], tmp_path: Path) -> None:
@@ -231,6 +253,17 @@ def test_fsdp2_shards_torchao_nf4_and_matches_one_process(runs: dict[str, Any]) 
         for k in want:
             torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)
     assert "fsdp2: 2 blocks + root sharded" in runs["ao_fsdp2_log"]
+
+
+def test_fsdp2_checkpoint_exports_in_one_process(runs: dict[str, Any], tmp_path: Path) -> None:
+    """``automodel export`` of the 2-process FSDP2 (torchao) checkpoint, in one process: the same adapter."""
+    if "ao_fsdp2" not in runs:
+        pytest.skip("torchao, automodel-fsdp2 or automodel-triton-ce is not installed")
+    run_cli("export", runs["ao_fsdp2"] / "checkpoints" / f"step_{SCHED['max_steps']}", tmp_path / "out", "--adapter-only")
+    got, want = (_safetensors(d / "adapter_model.safetensors") for d in (tmp_path / "out", runs["ao_fsdp2"] / "hf"))
+    assert set(got) == set(want)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def hf_quantized(
         _, kept = quantize_linears_nf4(model, skip, device, shards=ctx.world_size)
         model.to(device)
     model.config.name_or_path = pretrained
-    keep_frozen_base_on_load(model)
+    keep_frozen_base_out_of_checkpoints(model)
 
     if upcast_unquantized:
         from peft import prepare_model_for_kbit_training
@@ -116,23 +116,33 @@ def hf_quantized(
     return model, tok
 
 
-def keep_frozen_base_on_load(model: Any) -> None:
-    """Make ``load_state_dict`` (resume, ``automodel export``) keep the quantized weights this loader made
-    instead of copying them back from a checkpoint. They are frozen, so they equal what the checkpoint
-    holds; but bitsandbytes saves 4-bit weights in another layout than it computes with on CPU, plus
-    quantization-state entries that ``load_state_dict`` does not accept. A checkpoint therefore restores
-    the adapters, optimizer and data position, and the base is the one quantized from ``pretrained``."""
+def keep_frozen_base_out_of_checkpoints(model: Any) -> None:
+    """Leave the quantized weights out of ``model.state_dict()`` and have ``load_state_dict`` keep the ones
+    this loader made: checkpoints (DCP) and ``automodel export`` then restore the adapters, the unquantized
+    weights, optimizer and data position, and the frozen 4-bit base is the one quantized from
+    ``pretrained`` again, identical to the one trained with.
+
+    Why: the quantized weights never change, so saving them only costs space (most of a QLoRA checkpoint);
+    bitsandbytes saves 4-bit weights in another layout than it computes with on CPU, plus quantization-state
+    entries that ``load_state_dict`` refuses; DCP cannot reshard torchao's ``NF4Tensor`` on load (it has no
+    ``aten.slice`` at arbitrary offsets), so a 2-process FSDP2 checkpoint could not be exported or resumed
+    in one process."""
     from automodel_qlora.backends import quantized_kind
 
-    def hook(module: Any, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        if prefix + "weight" in state_dict:
-            state_dict[prefix + "weight"] = module.weight
-        for key in [k for k in state_dict if k.startswith(prefix + "weight.")]:
-            del state_dict[key]  # bitsandbytes' quant_state entries (absmax, quant_map, nested_*)
+    def drop(module: Any, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+        for key in [k for k in state_dict if k == prefix + "weight" or k.startswith(prefix + "weight.")]:
+            del state_dict[key]  # the weight and bitsandbytes' quant_state entries (absmax, quant_map, nested_*)
+        for key in (prefix + "SCB", prefix + "weight_format"):  # LLM.int8's row scales
+            state_dict.pop(key, None)
+
+    def keep(module: Any, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        drop(module, state_dict, prefix, None)
+        state_dict[prefix + "weight"] = module.weight
 
     for module in model.modules():
         if quantized_kind(module) is not None:
-            module.register_load_state_dict_pre_hook(hook)
+            module.register_state_dict_post_hook(drop)
+            module.register_load_state_dict_pre_hook(keep)
 
 
 # --------------------------------------------------------------------------------------------------
