@@ -184,9 +184,13 @@ def init_weights(base: Any, seed: int, key: Callable[[str], str | None] = lambda
             if f is not None:
                 copies.append((p, first[f]))
 
-    def visit(module: Any, prefix: str) -> None:
+    def visit(module: Any, prefix: str, owner: Any) -> None:
+        # each module is initialized by the innermost (sub)model holding it: a composite model (a VLM's
+        # vision tower, its language model) leaves its parts' own modules to their _init_weights
+        if module is not base and hasattr(module, "config") and callable(getattr(module, "_init_weights", None)):
+            owner = module
         for child_name, child in module.named_children():
-            visit(child, prefix + child_name + ".")
+            visit(child, prefix + child_name + ".", owner)
         own = [(name, p) for name, p in module._parameters.items() if p is not None]
         if own and all(prefix + name in skip for name, _ in own):
             return
@@ -195,7 +199,7 @@ def init_weights(base: Any, seed: int, key: Callable[[str], str | None] = lambda
             local = p.to_local() if isinstance(p, DTensor) else p
             module._parameters[name] = torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=local.device), p.requires_grad)
             originals[name] = p
-        base._init_weights(module)
+        owner._init_weights(module)
         for name, p in originals.items():
             full = module._parameters[name].data
             module._parameters[name] = p
@@ -206,7 +210,7 @@ def init_weights(base: Any, seed: int, key: Callable[[str], str | None] = lambda
 
     torch.manual_seed(seed)
     with torch.no_grad():
-        visit(base, "")
+        visit(base, "", base)
         for p, src in copies:
             p.copy_(src)
 
