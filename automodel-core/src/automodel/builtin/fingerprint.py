@@ -65,7 +65,7 @@ def check_identity(path: Path, model: Any, config: dict[str, Any], model_sd: dic
 REFUSED = ("model.name", "model._target_", "model.config.", "transforms.", "optimizer.name", "optimizer._target_",
            "lr_scheduler.name", "lr_scheduler._target_")
 #: changes that do not alter the training trajectory: printed and applied
-FREE = ("output_dir", "device", "peak_tflops", "plugins", "launcher", "loggers", "checkpoint", "validation_dataset",
+FREE = ("output_dir", "device", "peak_tflops", "plugins", "launcher", "loggers", "checkpoint", "validation_dataset", "profile",
         "parallel", "step_scheduler.log_every_steps", "step_scheduler.val_every_steps", "step_scheduler.val_max_batches",
         "step_scheduler.ckpt_every_steps", "step_scheduler.local_batch_size", "dataset.num_proc", "dataset.cache_dir")
 #: everything else (optimizer and schedule settings, lr, steps, batch size, seed, data, loss, clipping)
