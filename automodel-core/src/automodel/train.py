@@ -149,7 +149,7 @@ class Trainer:
             ctx.print(f"resumed from step {self.resumed}")
             if self.resumed >= ctx.total_steps:
                 ctx.print(f"warning: the checkpoint is at step {self.resumed} and the run ends at step {ctx.total_steps}: "
-                          "nothing to train; raise step_scheduler.max_steps to continue, or use checkpoint.resume=never")
+                          "nothing to train; raise step_scheduler.max_steps (with --allow-config-change) to continue, or use checkpoint.resume=never")
         self.loggers = [self._build("loggers", spec, ctx) for spec in cfg["loggers"]] if ctx.is_main else []
         self.logger_origins = {id(lg): self._origin("loggers", spec) for lg, spec in zip(self.loggers, cfg["loggers"])}
         self.failed_loggers: list[str] = []  # loggers disabled after raising (the run goes on without them)
@@ -191,7 +191,7 @@ class Trainer:
         rank, world_size, local_rank = runtime.init_distributed(device)
         torch.manual_seed(cfg["seed"])
         if layout is None or layout.plan is None or layout.plan.world_size != world_size:
-            layout = config_mod.validate(cfg, self.plugins, world_size=world_size).layout
+            layout = config_mod.validate(cfg, self.plugins, world_size=world_size, run_targets=True).layout
         self.layout = layout
         mesh = build_mesh(layout.plan, device.type) if dist.is_initialized() else None
         dp_rank, dp_size = dp_coordinates(mesh, layout.plan)
@@ -448,7 +448,8 @@ class Trainer:
         else:
             advice = "lower optimizer.lr, keep clip_grad_norm on, or use model.dtype bfloat16/float32"
         if self.saved_step is not None:
-            saved = f"the last checkpoint (step {self.saved_step}) precedes it: resume from it after the fix"
+            saved = (f"the last checkpoint (step {self.saved_step}) precedes it: resume from it after the fix "
+                     "(a changed lr or schedule needs --allow-config-change)")
         else:
             saved = "no checkpoint was saved before it"
         raise Diverged(f"training diverged: the loss or grad norm was first non-finite at step {first}{now}. "
