@@ -89,7 +89,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = root / "run"
     a_lines = (out / "metrics.jsonl").read_text().splitlines()
     a_recs, a_config = records(offline_run(out, 1)), yaml.safe_load((out / "config.yaml").read_text())
-    second = run_cli("run", cfg, "step_scheduler.max_steps=6", "checkpoint.resume=auto", cwd=root, env={k: env[k] for k in env if k.startswith("WANDB_")})
+    second = run_cli("run", cfg, "step_scheduler.max_steps=6", "checkpoint.resume=auto", "--allow-config-change", cwd=root, env={k: env[k] for k in env if k.startswith("WANDB_")})
     jsonl = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"out": out, "first": first, "second": second, "a": a_recs, "b": records(offline_run(out, 2)),
             "a_jsonl": jsonl[:len(a_lines)], "b_jsonl": jsonl[len(a_lines):], "config": a_config}
