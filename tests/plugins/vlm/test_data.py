@@ -216,3 +216,14 @@ def test_loader_errors(tmp_path: Path, tiny_model_dir: Path) -> None:
     small["text_config"] = {**small["text_config"], "vocab_size": 40}
     with pytest.raises(AutomodelError, match="49 tokens but the language model's vocab_size is 40"):
         hf_vlm(CTX, config=small, processor=proc_dir)
+
+
+def test_from_config_is_seeded_and_fully_initialized(tmp_path: Path) -> None:
+    """Every weight of a VLM built from a config is initialized by its own (sub)model's rule, from the
+    seed alone (a root-only init left CLIP's class_embedding as uninitialized memory: NaN losses)."""
+    proc_dir = str(save_processor(tmp_path / "proc"))
+    a, _ = hf_vlm(CTX, config=tiny_llava_config(), processor=proc_dir)
+    b, _ = hf_vlm(CTX, config=tiny_llava_config(), processor=proc_dir)
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p, q), name
+        assert p.abs().max() < 10, name
