@@ -235,3 +235,24 @@ def test_page_in_headless_chromium(runs, tmp_path):
     assert probe["plots"] == "grid-plots x-tokens" and set(probe["shown"]) == {"tokens"} and len(probe["shown"]) >= 7
     assert re.fullmatch(r"base @ step \d: [\d.]+\s+fast @ step \d: [\d.]+", probe["readout"]), probe["readout"]
     assert shot.stat().st_size > 30_000
+
+
+def test_a_resumed_unfinished_run_counts_each_step_once(tmp_path):
+    """Records written by hand as a preempted, resumed run leaves them: step 3 twice (the last one counts),
+    no summary.json (time estimated from the records), the preemption marker."""
+    from automodel.report import load_run, render_html, run_facts
+
+    run = tmp_path / "r"
+    run.mkdir()
+    rows = [{"step": 1, "loss": 3.0, "tokens_seen": 100, "tokens_per_s": 50.0}, {"step": 2, "loss": 2.5, "tokens_seen": 200, "tokens_per_s": 100.0},
+            {"step": 2, "val_loss": 2.6}, {"step": 3, "loss": 9.9, "tokens_seen": 300, "tokens_per_s": 100.0},
+            {"step": 3, "loss": 2.2, "tokens_seen": 300, "tokens_per_s": 100.0}]
+    (run / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n{\"step\": 4, \"lo")  # a line cut by the kill
+    (run / "preempted.json").write_text("{}")
+    loaded = load_run(run)
+    assert loaded.series("loss", "step") == [(1.0, 3.0, 1), (2.0, 2.5, 2), (3.0, 2.2, 3)]
+    assert loaded.series("val_loss", "tokens") == [(200.0, 2.6, 2)]
+    facts = run_facts(loaded)
+    assert facts["status"] == "preempted" and facts["best val loss"] == "2.6000 (step 2)"
+    assert facts["total time"].startswith("≈ 0:00:04")  # 100/50 + 100/100 + 100/100 s of training steps
+    assert 'data-values="3,2.5,2.2"' in render_html([loaded])
