@@ -76,16 +76,19 @@ NF4_BLOCK = 64  # values per absmax scale (QLoRA paper and bitsandbytes use 64)
 
 
 def scaler_block_size(numel: int, shards: int = 1) -> int | None:
-    """The largest block of scales (<= 256, torchao's default) that divides the weight's scales into
-    groups a multiple of ``shards`` (FSDP2 splits every inner tensor of an ``NF4Tensor`` evenly);
+    """Values per block of the (double-quantized) scales: torchao's default 256 or the largest smaller
+    power of two that leaves a multiple of 8 blocks, so that FSDP2 can split every inner tensor of the
+    ``NF4Tensor`` over 1, 2, 4 or 8 ranks and the weights are quantized the same for any of these process
+    counts (a run and its export in one process agree). Other counts: a multiple of ``shards`` blocks.
     None when the weight cannot be NF4-quantized that way."""
     if numel % NF4_BLOCK:
         return None
     scales = numel // NF4_BLOCK
-    for size in (256, 128, 64, 32, 16, 8, 4, 2):
-        if scales % size == 0 and (scales // size) % shards == 0:
+    sizes = [size for size in (256, 128, 64, 32, 16, 8, 4, 2) if scales % size == 0]
+    for size in sizes:
+        if (scales // size) % 8 == 0 and (scales // size) % shards == 0:
             return size
-    return None
+    return next((size for size in sizes if (scales // size) % shards == 0), None)
 
 
 def quantize_linears_nf4(model: Any, skip: list[str], device: Any, shards: int = 1) -> tuple[list[str], list[str]]:
