@@ -46,6 +46,11 @@ def _cluster_problem() -> str | None:
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> None:
+    ensure_cluster()
+
+
+def ensure_cluster() -> None:
+    """Use the test cluster, starting it as root if needed; skip (fail under CI=true) when that is impossible."""
     os.environ["SLURM_CONF"] = str(CONF)  # this process, the CLI runs it starts and the jobs they submit
     problem = _cluster_problem()
     if problem is None:

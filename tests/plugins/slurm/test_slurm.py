@@ -428,6 +428,23 @@ def test_the_test_cluster_is_separate_from_any_other_slurm(slurm_cluster: None) 
     assert "ClusterName             = automodel-test" in shown and f"StateSaveLocation       = {base}/state" in shown
 
 
+def test_without_root_and_without_a_cluster_the_tests_skip_saying_why_but_never_in_ci(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import conftest
+
+    monkeypatch.setattr(conftest, "CONF", tmp_path / "slurm.conf")  # no test cluster there
+    monkeypatch.setattr(conftest.os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("SLURM_CONF", "unchanged")  # ensure_cluster sets it; monkeypatch restores it
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        conftest.ensure_cluster()
+    assert "no Slurm test cluster (" in str(skipped.value) and "not root" in str(skipped.value)
+    assert "pytest --ignore=tests/plugins/slurm" in str(skipped.value) and "sudo bash automodel-plugins" in str(skipped.value)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true: never skipped in CI"):
+        conftest.ensure_cluster()
+
+
 def test_start_script_is_idempotent(slurm_cluster: None) -> None:
     start = Path(__file__).resolve().parents[3] / "automodel-plugins" / "automodel-slurm" / "ci" / "start_slurm.sh"
     t0 = time.monotonic()
