@@ -54,6 +54,9 @@ class QLoRA(LoRA):
         if self.peft_model is None:
             raise AutomodelError("transforms.qlora: export() called before apply()")
         out = Path(out_dir)
+        base = self.peft_model.base_model.model.config.name_or_path
+        if base and Path(base).expanduser().exists():  # absolute: the adapter loads from any directory
+            self.peft_model.peft_config["default"].base_model_name_or_path = str(Path(base).expanduser().resolve())
         save_adapter(self.peft_model, model, tokenizer, out, ctx)
         if (ctx.extras or {}).get("export_merged", self.export_merged):
             dtype = ((ctx.config or {}).get("model") or {}).get("dtype", "bfloat16")
@@ -138,7 +141,19 @@ def save_merged_dequantized(peft_model: Any, model: Any, tokenizer: Any, out: Pa
         merged.save_pretrained(str(out))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(out))
+        _normal_permissions(out)
     return out
+
+
+def _normal_permissions(out: Path) -> None:
+    """Files as the umask says (safetensors writes 0600 whatever the umask), like any other export."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in out.rglob("*"):
+        if f.is_file():
+            f.chmod(0o666 & ~umask)
 
 
 # --------------------------------------------------------------------------------------------------
