@@ -34,11 +34,17 @@ class AutomodelGroup(click.Group):
     _declared: dict[str, Any] | None = None
 
     def _load_builtin_commands(self) -> None:
+        """The default plugins' ``register_commands`` (imported by name, as the plugin manager does)."""
         if not self._builtin_loaded:
             self._builtin_loaded = True
-            from automodel import builtin
+            import importlib
 
-            builtin.register_commands(cli=self)
+            from automodel.plugins import DEFAULT_PLUGINS
+
+            for module_name in DEFAULT_PLUGINS:
+                register = getattr(importlib.import_module(module_name), "register_commands", None)
+                if register is not None:
+                    register(cli=self)
 
     def _entry_point_commands(self) -> dict[str, Any]:
         if self._declared is None:

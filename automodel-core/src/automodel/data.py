@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
+from automodel import runtime
 from automodel.errors import AutomodelError
 from automodel.state import TrainState
 
@@ -332,12 +333,10 @@ def _shard(dataset: Any, rank: int, size: int) -> Any:
 
 def _everyone(flag: bool) -> bool:
     """``flag`` and-ed over all ranks (one tiny all-reduce; every rank must stop an epoch together)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not runtime.distributed():
         return flag
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
+    return bool(runtime.all_reduce(torch.tensor([int(flag)], device=device), "min").item())
 
 
 # --------------------------------------------------------------------------------------------------

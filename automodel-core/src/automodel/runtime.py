@@ -31,6 +31,19 @@ def init_distributed(device: torch.device) -> tuple[int, int, int]:
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
 
 
+def distributed() -> bool:
+    """Whether this process is one of several in a process group."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce(value: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """Reduce ``value`` in place over all ranks (``op``: sum, min, max) when :func:`distributed`, else
+    leave it as it is: the core's one "collective if distributed"."""
+    if distributed():
+        dist.all_reduce(value, op=getattr(dist.ReduceOp, op.upper()))
+    return value
+
+
 def grad_sync(model: Any, enabled: bool) -> Any:
     """Skip gradient all-reduce on all but the last micro-batch (DDP no_sync / FSDP2 flag)."""
     if hasattr(model, "set_requires_gradient_sync"):

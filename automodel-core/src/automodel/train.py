@@ -403,7 +403,7 @@ class Trainer:
         self.failed_loggers.append(f"{label}{when}")
         fault = ComponentFault(origin, "logging", step=step, exc=e) if origin else None
         warn(f"{fault if fault else label}\n    the logger is disabled for the rest of the run; training goes on "
-             f"(its records stop before step {step}). See docs/writing-plugins.md, 'When a plugin fails'.", e)
+             f"(its records stop before step {step}). See docs/writing-plugins.md, 'Faults while a run is going on'.", e)
 
     def _checkpointer_call(self, doing: str, fn: Any, *args: Any, step: int | None = None) -> Any:
         try:
@@ -435,10 +435,7 @@ class Trainer:
 
     def check_finite(self, metrics: dict[str, Any] | None = None) -> None:
         """Stop with :class:`Diverged` if any step so far had a non-finite loss or grad norm (all ranks agree)."""
-        bad = self.first_bad_step.clone()
-        if self.ctx.world_size > 1:
-            dist.all_reduce(bad, op=dist.ReduceOp.MIN)
-        first = int(bad)
+        first = int(runtime.all_reduce(self.first_bad_step.clone(), "min"))
         if first == NO_BAD_STEP:
             return
         now = f" (step {self.train_state.step}: loss {metrics['loss']}, grad norm {metrics['grad_norm']})" if metrics else ""
@@ -545,6 +542,4 @@ class Trainer:
             dist.destroy_process_group()
 
     def _all_reduce(self, value: torch.Tensor) -> torch.Tensor:
-        if self.ctx.world_size > 1:
-            dist.all_reduce(value)
-        return value
+        return runtime.all_reduce(value)
