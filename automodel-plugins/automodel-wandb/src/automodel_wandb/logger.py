@@ -48,7 +48,6 @@ class WandbLogger:
         log_model: bool = False,
     ):
         import wandb
-
         from automodel.config import redacted  # credentials never reach the run's config
 
         self.wandb, self.ctx, self.log_model = wandb, ctx, log_model
