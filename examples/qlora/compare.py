@@ -10,7 +10,9 @@ overrides), then greedy-decodes the 100 held-out words exactly as ``examples/qui
 * the base in full precision and quantized to NF4 (no adapter): what quantization alone costs;
 * LoRA: the adapter on the base;
 * QLoRA: the adapter on the NF4 base (the model as trained), on the original full-precision base (what
-  plain peft loads from ``hf/``), and the dequantized merged model (``hf/merged``).
+  plain peft loads from ``hf/``), and the dequantized merged model (``hf/merged``);
+
+and, for each, the mean cross-entropy of the 200 held-out answers given their prompts.
 """
 
 from __future__ import annotations
@@ -40,6 +42,25 @@ def exact_match(model: Any, tok: Any, limit: int = 100) -> float:
                                  pad_token_id=tok.pad_token_id)
         correct += tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip() == row["answer"]
     return correct / len(rows)
+
+
+def heldout_loss(model: Any, tok: Any) -> float:
+    """Mean cross-entropy of the 200 held-out answers (+ end of sequence) given their prompts: a finer
+    signal than exact match when every model gets every word right."""
+    import torch
+
+    rows = [json.loads(line) for line in (QUICKSTART / "data" / "val.jsonl").read_text().splitlines()]
+    total, count = 0.0, 0
+    model.eval()
+    for row in rows:
+        prompt = [tok.bos_token_id] + tok.encode(f"{row['question']}\n", add_special_tokens=False)
+        answer = tok.encode(row["answer"], add_special_tokens=False) + [tok.eos_token_id]
+        ids = torch.tensor([prompt + answer])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1].float()
+        total += torch.nn.functional.cross_entropy(logits, torch.tensor(answer), reduction="sum").item()
+        count += len(answer)
+    return total / count
 
 
 def nf4(base: str) -> Any:
@@ -86,9 +107,10 @@ def main() -> None:
         ("QLoRA: adapter on the original base (plain peft)", lambda: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(args.base), out / "qlora" / "hf")),
         ("QLoRA: merged, dequantized (hf/merged)", lambda: AutoModelForCausalLM.from_pretrained(out / "qlora" / "hf" / "merged")),
     ]
-    print(f"\nheld-out exact match (100 words), {args.steps} adapter steps:")
+    print(f"\n{args.steps} adapter steps; held-out exact match (100 words, greedy) and answer loss (200 words):")
     for label, build in rows:
-        print(f"  {label:<50} {exact_match(build(), tok):>5.0%}", flush=True)
+        model = build()
+        print(f"  {label:<50} {exact_match(model, tok):>5.0%} {heldout_loss(model, tok):>10.5f}", flush=True)
 
 
 if __name__ == "__main__":

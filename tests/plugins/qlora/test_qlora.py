@@ -159,7 +159,8 @@ def test_adapter_loads_with_plain_peft(runs: dict[str, Any]) -> None:
     on_original = _logits(PeftModel.from_pretrained(_base(runs["model"]), hf), tok)
     on_quantized = _logits(PeftModel.from_pretrained(_base(runs["model"], quantized=True), hf), tok)
     merged = _logits(_merged(runs["bnb"]), tok)
-    torch.testing.assert_close(merged, on_quantized, rtol=1e-4, atol=1e-4)  # what training computed
+    torch.testing.assert_close(merged, on_quantized, rtol=1e-4, atol=5e-4)  # what training computed (up to
+    # the order of float sums: bitsandbytes fuses dequantize + matmul on CPU)
     gap = (on_original - on_quantized).abs().max().item()
     assert 1e-4 < gap < 0.5, gap
     assert not torch.allclose(on_original, _logits(_base(runs["model"]), tok), atol=1e-2)  # the adapter matters
