@@ -87,7 +87,7 @@ def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
         sync()
         step_times.append(time.perf_counter() - t0)
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     n = sum(p.numel() for p in params)
     return {"step_ms": 1000 * statistics.median(step_times[2:] or step_times), "state_bytes": state_bytes(opt),
             "params": n, "losses": losses, "groups": len(opt.param_groups)}
