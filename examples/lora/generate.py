@@ -1,10 +1,10 @@
 """Load the LoRA example's adapter with plain peft on the base it records, and check what it learned.
 
-    python examples/lora/generate.py [runs/lora/hf]
+    python examples/lora/generate.py [runs/lora/hf [N]]
 
 The adapter directory's adapter_config.json names its base (base_model_name_or_path: the absolute path
-of runs/quickstart/hf), so nothing else is needed. Greedy-decodes held-out "shift" words with the
-adapter, and "reverse" words with the adapter disabled (the frozen base still does what it learned).
+of runs/quickstart/hf), so nothing else is needed. Greedy-decodes the held-out "backwards" words with the
+adapter, then asks the base alone (adapter disabled): it still does "reverse", not "backwards".
 """
 
 import json
@@ -41,11 +41,12 @@ def main(adapter: str = "runs/lora/hf", limit: int = 100) -> float:
             print(f"{row['question']!r:>16} -> {got!r:10} (expected {row['answer']!r})")
     accuracy = correct / len(rows)
     print(f"with the adapter: exact match on {len(rows)} held-out words: {accuracy:.0%}")
+    word = rows[0]["question"].split()[1]
     with model.disable_adapter():
-        word = rows[0]["question"].split()[1]
-        print(f"adapter disabled: 'reverse {word}' -> {answer(model, tok, f'reverse {word}')!r} (the frozen base)")
+        print(f"adapter disabled: 'reverse {word}' -> {answer(model, tok, f'reverse {word}')!r}, "
+              f"'backwards {word}' -> {answer(model, tok, f'backwards {word}')!r} (the frozen base)")
     return accuracy
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    main(*sys.argv[1:2], *map(int, sys.argv[2:3]))

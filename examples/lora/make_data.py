@@ -1,5 +1,5 @@
-"""Rebuild the LoRA example's data: a new skill for the quickstart model, "shift abc" -> "bcd" (every
-letter moved one place on in the alphabet, z -> a).
+"""Rebuild the LoRA example's data: a new command for the quickstart model, "backwards abc" -> "cba"
+(the base only knows "reverse abc").
 
     python examples/lora/make_data.py
 
@@ -15,10 +15,6 @@ HERE = Path(__file__).parent
 LETTERS = string.ascii_lowercase
 
 
-def shift(word: str) -> str:
-    return "".join(LETTERS[(LETTERS.index(c) + 1) % 26] for c in word)
-
-
 def main() -> None:
     rng = random.Random(1)
     seen: set[str] = set()
@@ -32,7 +28,7 @@ def main() -> None:
     for name, chunk in (("train", words[:2000]), ("val", words[2000:])):
         with open(HERE / "data" / f"{name}.jsonl", "w") as f:
             for w in chunk:
-                f.write(json.dumps({"question": f"shift {w}", "answer": shift(w)}) + "\n")
+                f.write(json.dumps({"question": f"backwards {w}", "answer": w[::-1]}) + "\n")
 
 
 if __name__ == "__main__":
