@@ -1,7 +1,7 @@
 """Chat with the chat example's exported model using only what the export holds: the tokenizer's saved
 chat template renders the conversation (tokenizer.apply_chat_template), plain transformers generates.
 
-    python examples/chat/generate.py [runs/chat/hf]
+    python examples/chat/generate.py [runs/chat/hf [N]]
 
 Answers the last user turn of each held-out conversation and prints exact-match accuracy.
 """
@@ -44,4 +44,4 @@ def main(model_dir: str = "runs/chat/hf", limit: int = 100) -> float:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    main(*sys.argv[1:2], *map(int, sys.argv[2:3]))

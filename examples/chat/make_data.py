@@ -1,5 +1,6 @@
-"""Rebuild the chat example's data: short conversations (one to three turns) in which the assistant
-reverses the words the user asks about, in the quickstart's character set.
+"""Rebuild the chat example's data: short conversations (one or two turns) in which the assistant
+reverses the words the user asks about, in the quickstart's character set, each within the quickstart
+model's 64 positions.
 
     python examples/chat/make_data.py
 
@@ -12,7 +13,7 @@ import string
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ASKS = ["reverse {w}", "please reverse {w}", "what is {w} reversed?", "and {w}?"]
+MAX_TOKENS = 64  # the quickstart model's max_position_embeddings; one token per character here
 
 
 def word(rng: random.Random) -> str:
@@ -20,15 +21,23 @@ def word(rng: random.Random) -> str:
 
 
 def conversation(rng: random.Random, i: int) -> dict:
-    messages = []
-    if i % 2 == 0:
-        messages.append({"role": "system", "content": "you reverse words."})
-    for turn in range(rng.randint(1, 3)):
-        w = word(rng)
-        ask = rng.choice(ASKS[:3] if turn == 0 else ASKS)
-        messages.append({"role": "user", "content": ask.format(w=w)})
-        messages.append({"role": "assistant", "content": w[::-1]})
-    return {"messages": messages}
+    """A system message and one turn, one turn, or two turns (the second a follow-up question)."""
+    w = word(rng)
+    if i % 3 == 0:
+        return {"messages": [{"role": "system", "content": "you reverse words."},
+                             {"role": "user", "content": f"reverse {w}"}, {"role": "assistant", "content": w[::-1]}]}
+    if i % 3 == 1:
+        ask = rng.choice(["reverse {w}", "please reverse {w}"])
+        return {"messages": [{"role": "user", "content": ask.format(w=w)}, {"role": "assistant", "content": w[::-1]}]}
+    v = word(rng)
+    return {"messages": [{"role": "user", "content": f"reverse {w}"}, {"role": "assistant", "content": w[::-1]},
+                         {"role": "user", "content": f"and {v}?"}, {"role": "assistant", "content": v[::-1]}]}
+
+
+def rendered_length(messages: list[dict]) -> int:
+    """Tokens of the conversation as chat_template.jinja renders it: <s>, each message and a newline, "s: "
+    before a system message, </s> after each reply."""
+    return 1 + sum(len(m["content"]) + 1 + 3 * (m["role"] == "system") + (m["role"] == "assistant") for m in messages)
 
 
 def main() -> None:
@@ -37,7 +46,9 @@ def main() -> None:
     for name, n in (("train", 1200), ("val", 100)):
         with open(HERE / "data" / f"{name}.jsonl", "w") as f:
             for i in range(n):
-                f.write(json.dumps(conversation(rng, i)) + "\n")
+                row = conversation(rng, i)
+                assert rendered_length(row["messages"]) <= MAX_TOKENS, row
+                f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def test_chat_example_export_generates_with_its_saved_template(tmp_path: Path, t
         tok = AutoTokenizer.from_pretrained(hf)
         assert tok.chat_template == template, hf
         rendered = tok.apply_chat_template([{"role": "user", "content": "reverse abc"}], add_generation_prompt=True, tokenize=False)
-        assert rendered == "<s>u: reverse abc\na: "
+        assert rendered == "<s>reverse abc\n"
     text = _python(ROOT / "examples" / "chat" / "generate.py", str(run / "hf"), "10", cwd=tmp_path)
-    assert "<s>u: " in text and "\na: " in text
+    assert "<s>reverse " in text or "<s>s: you reverse words.\n" in text
     assert "exact match on the last turn of 10 held-out conversations" in text
