@@ -91,11 +91,14 @@ class Transform(Protocol):
     * ``checkpoint_key(name) -> str | None``: the name in the pretrained files of the weight ``name``
       of the transformed model, ``None`` for a weight no file holds (meta-device loading).
     * ``init_weights(model, full_size)``: initialize the weights no file holds, after loading (meta only).
+    * ``metrics() -> dict``: numbers merged into every logged step (``compile``: ``compile_s``,
+      ``recompiles``); a ``compile_s`` (cumulative seconds spent compiling) is kept out of ``tokens_per_s``.
     """
 
     export: Callable[..., None] | None = None
     checkpoint_key: Callable[[str], str | None] | None = None
     init_weights: Callable[..., None] | None = None
+    metrics: Callable[[], dict[str, Any]] | None = None
 
     def apply(self, model: Any, ctx: Any) -> Any: ...
 

@@ -22,7 +22,16 @@ import torch.distributed as dist
 from automodel import config as config_mod
 from automodel import runtime
 from automodel.context import Context
-from automodel.contracts import LOSS_ARGUMENTS, Checkpointer, Dataset, Loss, Parallelizer, accepted_kwargs, member
+from automodel.contracts import (
+    LOSS_ARGUMENTS,
+    Checkpointer,
+    Dataset,
+    Loss,
+    Parallelizer,
+    Transform,
+    accepted_kwargs,
+    member,
+)
 from automodel.data import Collator, PackedDataset, TrainData, validation_loader
 from automodel.errors import AutomodelError
 from automodel.faults import ComponentFault, Origin, call_hook, origin_of, warn
@@ -162,6 +171,7 @@ class Trainer:
         self.first_bad_step = torch.full((), NO_BAD_STEP, dtype=torch.long, device=ctx.device)
         self.finished = False
         self.window_tokens, self.window_start = torch.zeros((), dtype=torch.long), time.perf_counter()
+        self.compile_s_seen = 0.0
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -418,6 +428,13 @@ class Trainer:
         ctx = self.ctx
         replicas = ctx.world_size // ctx.dp_size
         elapsed = time.perf_counter() - self.window_start
+        extra: dict[str, Any] = {}  # transforms' own metrics (compile: compile_s, recompiles)
+        for t in self.built.transforms:
+            if (transform_metrics := member(t, Transform, "metrics")) is not None:
+                extra.update(transform_metrics())
+        if "compile_s" in extra:  # compile time is reported apart, not hidden in tokens/s
+            elapsed = max(elapsed - (extra["compile_s"] - self.compile_s_seen), 1e-9)
+            self.compile_s_seen = extra["compile_s"]
         tokens = int(self._all_reduce(self.window_tokens.to(ctx.device))) // replicas
         self.train_state.tokens_seen += tokens
         metrics = {
@@ -425,6 +442,7 @@ class Trainer:
             "lr": result.lr, "tokens_per_s": tokens / elapsed, "tokens_seen": self.train_state.tokens_seen,
             "peak_mem_gb": runtime.peak_memory_gb(ctx.device), "label_tokens": int(result.label_tokens),
         }
+        metrics.update(extra)
         if self.peak_flops:
             metrics["mfu"] = 6 * self.n_params * metrics["tokens_per_s"] / (self.peak_flops * ctx.world_size)
         self.check_finite(metrics)

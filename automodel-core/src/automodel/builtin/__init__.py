@@ -16,6 +16,8 @@ def register_model_loaders(register):
 def register_model_transforms(register):
     register("activation_checkpointing", f"{_B}.transforms:ActivationCheckpointing",
              description="recompute decoder-block activations in backward (any layout)")
+    register("compile", f"{_B}.transforms:Compile",
+             description="torch.compile each decoder block (regional) or the whole model")
 
 
 @hookimpl
