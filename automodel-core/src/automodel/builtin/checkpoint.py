@@ -188,7 +188,9 @@ class Checkpointer:
         import torch
         import torch.distributed as dist
 
-        named = [(n, p.to_local() if hasattr(p, "to_local") else p) for n, p in model.named_parameters()]
+        # trainable parameters only: frozen ones do not change between saves (and quantized frozen bases,
+        # such as torchao's NF4 tensors, have no isfinite)
+        named = [(n, p.to_local() if hasattr(p, "to_local") else p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
             return
         with torch.no_grad():
