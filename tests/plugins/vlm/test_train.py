@@ -141,7 +141,8 @@ def test_example_smoke(tmp_path: Path) -> None:
 
     example = Path(__file__).resolve().parents[3] / "examples" / "vlm"
     run_cli("run", example / "config.yaml", f"output_dir={tmp_path / 'run'}", "step_scheduler.max_steps=2",
-            "step_scheduler.global_batch_size=4", "step_scheduler.local_batch_size=4", "~validation_dataset",
+            "step_scheduler.global_batch_size=4", "step_scheduler.local_batch_size=4", "~validation_dataset", "step_scheduler.val_every_steps=null",
+            "step_scheduler.log_every_steps=1",
             "checkpoint.save_final=false", cwd=tmp_path)
     assert len(read_metrics(tmp_path / "run")) == 2
     spec = importlib.util.spec_from_file_location("vlm_generate", example / "generate.py")
