@@ -54,6 +54,8 @@ def one(model: str, compiled: bool, steps: int, batch: int, seq: int, device: st
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss))  # syncs the device
         times.append(time.perf_counter() - t)
+        if transform is not None and i == 0:
+            transform.metrics()  # as a run's first logged step: graphs compiled later are recompilations
     out = {"first_step_s": times[0], "step_s": statistics.median(times[2:]), "tokens_per_step": batch * seq,
            "loss": losses[-1]}
     if transform is not None:
