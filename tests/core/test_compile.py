@@ -84,6 +84,8 @@ def test_validate_refuses_what_cannot_work(tmp_path: Path, model: Path) -> None:
     assert validate_compile({"scope": "blocks"}, {**fsdp2, "transforms": [{"name": "compile"}]}) == []
     assert [p[0] for p in validate_compile({"mode": "fast", "backend": "nope", "dynamic": "yes", "scope": "all"})] == [
         "scope", "mode", "dynamic", "backend"]
+    tp = validate_compile({}, {"parallel": [{"name": "tp"}], "transforms": [{"name": "compile"}]})
+    assert len(tp) == 1 and "tp" in tp[0][1] and "fsdp2" in tp[0][2]
     twice = validate_compile({}, {"transforms": [{"name": "compile"}, {"name": "compile"}]})
     assert twice and "twice" in twice[0][1]
     # through the CLI: one clear message naming the key, exit 2, before anything is built

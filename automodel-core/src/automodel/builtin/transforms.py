@@ -46,7 +46,8 @@ class Compile:
     compilation: one graph shared by all blocks, compile time flat in the number of layers) or the whole
     model's forward (``scope: model``). The block's ``forward`` is compiled, not the module call, so
     module hooks (activation checkpointing, FSDP2's all-gathers) stay outside the graph: it composes
-    with LoRA, activation checkpointing, fsdp2 and tp in any transform order. Parameter names are
+    with LoRA, activation checkpointing and fsdp2 in any transform order (tp is refused, see
+    docs/compile.md). Parameter names are
     unchanged (checkpoints, exports and sharding plans see the same model). See docs/compile.md.
 
     Args:
@@ -167,7 +168,12 @@ def validate_compile(args: dict[str, Any], config: dict[str, Any] | None = None)
     if sum(t.get("name") == "compile" for t in transforms) > 1:
         out.append(("", "is listed twice in transforms", "keep one compile transform"))
     sharding = sorted({p.get("name") for p in config.get("parallel") or [] if isinstance(p, dict)} & SHARDING)
-    if scope == "model" and sharding:
+    if "tp" in sharding:
+        out.append(("", "does not work with the tp parallelizer yet: on torch 2.13 the backward of a compiled block with "
+                    "DTensor (tensor-parallel) activations fails inside DTensor's redistribute ('Tensor' object has no "
+                    "attribute '_local_tensor')", "train tp eagerly (drop compile), or shard with fsdp2, which composes "
+                    "with compile (docs/compile.md, 'Composition')"))
+    elif scope == "model" and sharding:
         out.append(("scope", f"a whole-model graph cannot hold {'/'.join(sharding)}'s per-block hooks (all-gathers, "
                     "reduce-scatters): the graph would break at every block, or fail with fullgraph",
                     "use scope: blocks (compile each block, then shard it: the order torch documents for FSDP2)"))
