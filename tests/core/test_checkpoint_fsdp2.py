@@ -42,7 +42,8 @@ def test_fsdp2_checkpoint_exports_and_resumes_on_one_process(tmp_path: Path, tie
         base = AutoModelForCausalLM.from_pretrained(model_dir)(ids).logits
     assert torch.equal(a, b) and not torch.equal(a, base)  # trained weights, identical both ways
 
-    resumed = run_cli("run", cfg, "launcher.nproc_per_node=1", "parallel=[]", "step_scheduler.max_steps=6", cwd=tmp_path)
+    resumed = run_cli("run", cfg, "launcher.nproc_per_node=1", "parallel=[]", "step_scheduler.max_steps=6", "--allow-config-change",
+                      cwd=tmp_path)
     assert "resuming a 2-process checkpoint with 1 process" in resumed.stdout and "loaded step 4" in resumed.stdout
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if "loss" in line]
     assert steps == [1, 2, 3, 4, 5, 6]
