@@ -2,7 +2,7 @@
 
     python examples/vlm/generate.py [runs/vlm/hf]
 
-Greedy-decodes the answer for every held-out image of data/val.jsonl and prints exact-match accuracy.
+Greedy-decodes the answer to every held-out question of data/val.jsonl (100 images, two questions each) and prints exact-match accuracy.
 """
 
 import json
@@ -34,7 +34,8 @@ def main(model_dir: str = "runs/vlm/hf", limit: int | None = None) -> float:
         if i < 6:
             print(f"{row['images'][0]:>22}  {question['content'][1]['text']:<26} -> {got!r:10} (expected {answer!r})")
     accuracy = correct / len(rows)
-    print(f"exact match on {len(rows)} held-out images: {accuracy:.1%}")
+    images = len({row["images"][0] for row in rows})
+    print(f"exact match on {len(rows)} held-out questions ({images} images): {accuracy:.1%}")
     return accuracy
 
 
