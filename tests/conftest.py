@@ -11,6 +11,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Triton kernels run through Triton's interpreter on a machine without an NVIDIA GPU. Set before anything
+# imports triton (bitsandbytes, imported while collecting tests/plugins/qlora, does): triton reads it once.
+if not os.path.exists("/dev/nvidiactl"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,13 @@ def test_builtins_conform(tmp_path, tiny_model_dir):
         "squad": {"path": str(DATA / "squad.jsonl")},
         "hellaswag": {"path": str(DATA / "hellaswag.jsonl")},
     })
-    assert len(report.checked) == 18 and not report.problems, str(report)
+    from automodel.kinds import KINDS
+    from automodel.plugins import load_plugins
+
+    registry = load_plugins(entry_points=False).registry
+    registered = [f"{kind.name}/{name}" for kind in KINDS for name in registry.names(kind.name)]
+    assert registered and not report.problems, str(report)
+    assert sorted(c.split(":")[0] for c in report.checked) == sorted(registered), str(report)  # every builtin checked
 
 
 def test_fsdp2_keeps_loss_parity_with_one_process_over_gloo():

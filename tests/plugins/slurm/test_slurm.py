@@ -413,10 +413,21 @@ def test_wait_returns_the_job_exit_code(slurm_cluster: None, tmp_path: Path, mod
     assert "failing on purpose" in (tmp_path / "fail" / "slurm" / f"slurm-{job_id}.out").read_text()
 
 
+def _own_conftest() -> Any:
+    """This directory's conftest.py as a module of its own: ``import conftest`` gets whichever test
+    directory's conftest pytest imported last (kd, triton_ce, ... have one too)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("automodel_slurm_tests_conftest", Path(__file__).with_name("conftest.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_the_test_cluster_is_separate_from_any_other_slurm(slurm_cluster: None) -> None:
     """Its own config, state, spool, name and ports (a machine's own Slurm, with its /etc/slurm and its state
     under /var/spool, can neither confuse it nor be touched by it), and the tests talk to it alone."""
-    from conftest import CONF
+    CONF = _own_conftest().CONF
 
     assert os.environ["SLURM_CONF"] == str(CONF)
     conf = dict(line.split("=", 1) for line in CONF.read_text().splitlines() if "=" in line and not line.startswith(("#", "Node", "Partition")))
@@ -430,7 +441,7 @@ def test_the_test_cluster_is_separate_from_any_other_slurm(slurm_cluster: None) 
 
 def test_without_root_and_without_a_cluster_the_tests_skip_saying_why_but_never_in_ci(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import conftest
+    conftest = _own_conftest()
 
     monkeypatch.setattr(conftest, "CONF", tmp_path / "slurm.conf")  # no test cluster there
     monkeypatch.setattr(conftest.os, "geteuid", lambda: 1000)
