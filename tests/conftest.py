@@ -11,6 +11,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Triton kernels run through Triton's interpreter on a machine without an NVIDIA GPU. It must be set before
+# anything imports triton (bitsandbytes does, while pytest collects tests/plugins/qlora): triton decorates its
+# own tl.* helpers once, at import, as interpreted or compiled functions.
+if not os.path.exists("/dev/nvidiactl"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")
@@ -20,17 +25,3 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
 
     return tiny_model(tmp_path_factory.mktemp("model"))
 
-
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the tests that execute Triton kernels in this process (through Triton's interpreter on CPU) first.
-
-    In a full run they failed with "Cannot call @triton.jit'd outside of the scope of a kernel" (tl.zeros left
-    unpatched by the interpreter) after several hundred earlier tests, and pass alone and in every pairing
-    we tried: some earlier in-process user of triton (not yet identified) leaves the interpreter's state
-    behind. The rest of the suite does not run Triton kernels in-process.
-    """
-    def first(item: pytest.Item) -> bool:
-        path = str(item.path)
-        return "/plugins/triton_ce/" in path or (path.endswith("/plugins/test_conformance.py") and "triton_ce" in item.name)
-
-    items[:] = [i for i in items if first(i)] + [i for i in items if not first(i)]

@@ -9,7 +9,7 @@ from automodel.errors import ConfigError
 from automodel.plugins import load_plugins
 from automodel_kd.fused import reference_kd_loss
 from automodel_kd.loss import KnowledgeDistillation
-from conftest import STUDENT
+from kd_helpers import STUDENT
 
 
 def built_student(teacher_dir):

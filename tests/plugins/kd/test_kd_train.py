@@ -8,7 +8,7 @@ import shutil
 
 import yaml
 from automodel.testing import read_metrics, run_cli, tiny_model
-from conftest import STEPS, curve, kd_config, kd_loss
+from kd_helpers import STEPS, curve, kd_config, kd_loss
 
 
 def assert_same_curve(got, base, what):

@@ -1,4 +1,9 @@
-"""Triton runs on CPU through its interpreter: set TRITON_INTERPRET before any kernel is defined."""
+"""Fixtures of the triton_ce tests (helpers live in triton_ce_helpers.py).
+
+Triton runs on CPU through its interpreter. TRITON_INTERPRET must be set before anything imports triton
+(bitsandbytes does, while pytest collects tests/plugins/qlora): tests/conftest.py sets it; this is the same
+for a run of this directory alone.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +13,7 @@ import pytest
 
 os.environ["TRITON_INTERPRET"] = "1"
 
-#: Global batch 8 = 2 sequences x 4 micro-batches (1 process) = 2 x 2 x 2 data-parallel ranks.
-STEPS = {"global_batch_size": 8, "local_batch_size": 2, "max_steps": 4, "log_every_steps": 1}
-
-
-def train_curve(directory, model_dir, loss, **sections):
-    """Train with the real CLI; (losses, grad norms) per step."""
-    from automodel.testing import make_config, read_metrics, run_cli
-
-    cfg = make_config(directory, model_dir, loss=loss, step_scheduler=STEPS, **sections)
-    run_cli("run", cfg, cwd=directory, env={"TRITON_INTERPRET": "1"})
-    records = read_metrics(directory / "run")
-    return [r["loss"] for r in records], [r["grad_norm"] for r in records]
-
-
-def assert_same_curve(got, base, what):
-    (losses, norms), (base_losses, base_norms) = got, base
-    assert len(losses) == len(base_losses) == STEPS["max_steps"], what
-    for a, b in zip(losses, base_losses):
-        assert abs(a - b) < 1e-4 * max(1.0, abs(b)), (what, losses, base_losses)
-    for a, b in zip(norms, base_norms):
-        assert abs(a - b) < 1e-3 * max(1.0, abs(b)), (what, norms, base_norms)
+from triton_ce_helpers import train_curve  # noqa: E402
 
 
 @pytest.fixture(scope="session")

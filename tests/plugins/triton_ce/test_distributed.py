@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import assert_same_curve, train_curve
+from triton_ce_helpers import assert_same_curve, train_curve
 
 HERE = Path(__file__).parent
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from triton_ce_reference import reference_loss, torch_ce
@@ -216,3 +218,21 @@ def test_interpreter_runs_the_triton_kernels():
     torch.testing.assert_close(m + s.log(), torch.logsumexp(z, -1))
     torch.testing.assert_close(zt, torch.tensor([z[0, 0], z[1, 199], 0.0]))
     torch.testing.assert_close(zs, z.sum(-1))
+
+
+def test_interpreter_set_too_late_is_named():
+    """TRITON_INTERPRET set after triton was imported (here: by importing triton first) is a clear error,
+    not the interpreter's "Cannot call @triton.jit'd outside of the scope of a kernel" from inside a kernel."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, torch, triton\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "from automodel_triton_ce.fused import triton_usable\n"
+        "triton_usable(torch.device('cpu'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "TRITON_INTERPRET=1 was set after triton had been imported" in proc.stderr, proc.stderr[-2000:]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from automodel.testing import make_config, run_cli, tiny_model
-from conftest import assert_same_curve, train_curve
+from triton_ce_helpers import assert_same_curve, train_curve
 
 
 def test_installed_and_listed(tmp_path):

@@ -89,15 +89,27 @@ _warned = False
 
 def triton_usable(device: torch.device) -> bool:
     """Triton can run on ``device``: CUDA, or any device under ``TRITON_INTERPRET=1``."""
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        pass
-    elif device.type != "cuda":
+    interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if not interpret and device.type != "cuda":
         return False
     try:
         import triton  # noqa: F401
     except ImportError:
         return False
+    if interpret and not _interpreted_stdlib():
+        raise RuntimeError(
+            "triton_ce: TRITON_INTERPRET=1 was set after triton had been imported (by this process or a "
+            "library it loaded, e.g. bitsandbytes), so Triton's own tl.* helpers were built for a GPU and the "
+            "interpreter cannot call them. Set TRITON_INTERPRET=1 in the environment before starting Python."
+        )
     return True
+
+
+def _interpreted_stdlib() -> bool:
+    """Triton decorated its tl.* helpers as interpreted functions (TRITON_INTERPRET was set at its import)."""
+    from triton.language import standard
+
+    return type(standard.cdiv).__name__ == "InterpretedFunction"
 
 
 def _backend(name: str, device: torch.device) -> tuple[Any, Any]:
