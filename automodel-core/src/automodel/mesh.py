@@ -8,8 +8,10 @@ from typing import Any
 from automodel.errors import AutomodelError
 
 #: Outermost first. Parallelizers are applied in the reverse order (innermost first).
-DIM_ORDER = ("dp_replicate", "dp_shard", "cp", "tp")
-DP_DIMS = ("dp_replicate", "dp_shard")
+DIM_ORDER = ("dp_replicate", "dp_shard", "ep", "cp", "tp")
+#: Ranks that differ in these coordinates see different data. ``ep`` (expert parallel, automodel-moe) is
+#: data parallel for everything but the experts: each rank routes its own tokens to the experts' owners.
+DP_DIMS = ("dp_replicate", "dp_shard", "ep")
 
 
 class MeshError(AutomodelError):
