@@ -58,6 +58,13 @@ def test_log_reports_tokens_seen_and_refuses_a_non_finite_step(two_trainers) -> 
     metrics = t.log(2, t.train_step(micro))
     assert metrics["tokens_seen"] == 2 * tokens
     assert [r["tokens_seen"] for r in read_metrics(t.ctx.output_dir)] == [tokens, 2 * tokens]
+    # a logging window of two steps: label_tokens counts both, label_tokens_per_s = label_tokens / window time
+    labels = sum(int((b["labels"] != -100).sum()) for b in micro)
+    t.train_step(micro)
+    metrics = t.log(4, t.train_step(micro))
+    assert metrics["label_tokens"] == 2 * labels and metrics["tokens_seen"] == 4 * tokens
+    assert metrics["label_tokens_per_s"] == pytest.approx(metrics["tokens_per_s"] * 2 * labels / (2 * tokens), rel=1e-9)
+    assert set(read_metrics(t.ctx.output_dir)[-1]) >= {"loss", "tokens_per_s", "label_tokens_per_s", "tokens_seen", "label_tokens"}
 
     t.first_bad_step.fill_(2)  # as if step 2 had produced a NaN (recorded on the device, not yet read)
     with pytest.raises(Diverged, match="first non-finite at step 2") as e:

@@ -200,7 +200,7 @@ def register_loggers(register: Register) -> None:
     Called as ``factory(ctx, **cfg)`` on the main rank only, after a resume has restored
     ``ctx.train_state``; the object returned has ``log(metrics: dict, step: int)`` and ``close()``
     (also called when training fails). ``log`` receives training records (``loss``, ``grad_norm``,
-    ``lr``, ``tokens_per_s``, ``tokens_seen``, ``peak_mem_gb``, ``label_tokens``, ``mfu`` when the peak
+    ``lr``, ``tokens_per_s``, ``label_tokens_per_s``, ``tokens_seen``, ``peak_mem_gb``, ``label_tokens``, ``mfu`` when the peak
     FLOP/s is known) and, on validation steps, a separate validation-only record (``val_loss``,
     ``val_tokens``, or a dataset's own ``evaluate`` metrics) for the same step.
     """

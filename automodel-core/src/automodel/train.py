@@ -171,6 +171,7 @@ class Trainer:
         self.first_bad_step = torch.full((), NO_BAD_STEP, dtype=torch.long, device=ctx.device)
         self.finished = False
         self.window_tokens, self.window_start = torch.zeros((), dtype=torch.long), time.perf_counter()
+        self.window_label_tokens = torch.zeros((), dtype=torch.long, device=ctx.device)  # on the device: no sync per step
         self.compile_s_seen = 0.0
 
     # -- setup ------------------------------------------------------------------------------------
@@ -315,6 +316,7 @@ class Trainer:
         # Normalize by the label tokens of the whole global batch: same gradients for any split.
         label_tokens = self._all_reduce(sum((b["labels"] != -100).sum() for b in micro)) // (ctx.world_size // ctx.dp_size)
         num_label_tokens = label_tokens.clamp(min=1).to(torch.float32)
+        self.window_label_tokens += label_tokens
         loss_sum = torch.zeros((), device=ctx.device)
         for i, batch in enumerate(micro):
             with runtime.grad_sync(self.model, i == len(micro) - 1):
@@ -435,12 +437,14 @@ class Trainer:
         if "compile_s" in extra:  # compile time is reported apart, not hidden in tokens/s
             elapsed = max(elapsed - (extra["compile_s"] - self.compile_s_seen), 1e-9)
             self.compile_s_seen = extra["compile_s"]
-        tokens = int(self._all_reduce(self.window_tokens.to(ctx.device))) // replicas
+        tokens = int(self._all_reduce(self.window_tokens.to(ctx.device))) // replicas  # padding included
+        label_tokens = int(self.window_label_tokens)  # already global (train_step all-reduces it)
         self.train_state.tokens_seen += tokens
-        metrics = {
+        metrics = {  # every field is defined in docs/index.md, "Logged metrics"
             "loss": float(self._all_reduce(result.loss_sum)) / replicas, "grad_norm": float(result.grad_norm),
-            "lr": result.lr, "tokens_per_s": tokens / elapsed, "tokens_seen": self.train_state.tokens_seen,
-            "peak_mem_gb": runtime.peak_memory_gb(ctx.device), "label_tokens": int(result.label_tokens),
+            "lr": result.lr, "tokens_per_s": tokens / elapsed, "label_tokens_per_s": label_tokens / elapsed,
+            "tokens_seen": self.train_state.tokens_seen, "label_tokens": label_tokens,
+            "peak_mem_gb": runtime.peak_memory_gb(ctx.device),
         }
         metrics.update(extra)
         if self.peak_flops:
@@ -448,6 +452,7 @@ class Trainer:
         self.check_finite(metrics)
         self._log(metrics, step)
         self.window_tokens.zero_()
+        self.window_label_tokens.zero_()
         self.window_start = time.perf_counter()
         return metrics
 

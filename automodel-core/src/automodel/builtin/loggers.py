@@ -15,6 +15,8 @@ def _fmt(key: str, value: Any) -> str:
         return f"lr {value:.2e}"
     if key == "tokens_per_s":
         return f"{value:,.0f} tok/s"
+    if key == "label_tokens_per_s":
+        return f"{value:,.0f} label tok/s"
     if key == "peak_mem_gb":
         return f"mem {value:.2f} GB"
     if key == "mfu":
@@ -29,7 +31,7 @@ def _fmt(key: str, value: Any) -> str:
 class ConsoleLogger:
     """``step 12/100 [##------] loss 2.1 | lr 1e-4 | ... | eta 0:01:02`` on every logged step."""
 
-    SHOWN = ("loss", "val_loss", "grad_norm", "lr", "tokens_per_s", "peak_mem_gb", "mfu")
+    SHOWN = ("loss", "val_loss", "grad_norm", "lr", "tokens_per_s", "label_tokens_per_s", "peak_mem_gb", "mfu")
 
     def __init__(self, ctx: Any, width: int = 20):
         self.total = ctx.total_steps
