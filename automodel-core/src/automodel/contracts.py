@@ -107,7 +107,7 @@ class Transform(Protocol):
 class Parallelizer(Protocol):
     """A parallelizer (``parallel:``) owning one mesh dimension.
 
-    Required: ``dim`` (``dp_replicate``, ``dp_shard``, ``cp`` or ``tp``), ``size`` (``None``: the ranks
+    Required: ``dim`` (``pp``, ``dp_replicate``, ``dp_shard``, ``ep``, ``cp`` or ``tp``), ``size`` (``None``: the ranks
     the others leave) and ``apply(model, mesh, ctx) -> model``.
 
     Optional:
@@ -121,6 +121,20 @@ class Parallelizer(Protocol):
       before launch, quoting the reason.
     * ``validate_model(model_cfg) -> [(message, hint), ...]``: checks of the ``model:`` section against
       this layout (``size`` already resolved), run before launch.
+    * ``forward_backward(model, micro, loss, ctx, backward=True) -> loss_sum | None``: run the forward
+      (and, with ``backward``, the backward) of one optimizer step over ``micro`` (this rank's
+      micro-batches, on the device) instead of the loop's micro-batch loop: a pipeline schedule
+      (automodel-pp). ``loss`` is a :class:`automodel.train.StepLoss`: ``loss(batch, logits=...)`` is the
+      configured loss of one micro-batch, normalized by the step's label tokens (``loss.num_label_tokens``);
+      backpropagate ``loss * ctx.dp_size`` (data-parallel wrappers average gradients). Return the summed
+      loss (0-d tensor) as the loop would, the same on every rank of one model replica, or ``None`` to
+      leave this step to the loop. ``backward=False`` is validation (under ``no_grad``, one micro-batch,
+      ``num_label_tokens`` 1: return the loss sum). Gradient clipping, the optimizer, logging and
+      checkpoints stay in the loop. Used only in a multi-process run (a mesh exists).
+    * ``clip_grad_norm(params, max_norm) -> total_norm``: clip the gradients of ``params`` (the trainable
+      parameters this rank holds, with ``params.names``) to a total norm over the whole model, and return
+      that norm (a 0-d tensor), instead of ``torch.nn.utils.clip_grad_norm_`` over this rank's parameters
+      (a pipeline stage holds only part of the model). Only used together with ``forward_backward``.
     """
 
     dim: str
@@ -129,6 +143,8 @@ class Parallelizer(Protocol):
     param_device: str | None = None
     exclusive: str | None = None
     validate_model: Callable[[dict[str, Any]], list[tuple[str, str]]] | None = None
+    forward_backward: Callable[..., Any] | None = None
+    clip_grad_norm: Callable[[Any, float], Any] | None = None
 
     def apply(self, model: Any, mesh: Any, ctx: Any) -> Any: ...
 

@@ -7,8 +7,10 @@ from typing import Any
 
 from automodel.errors import AutomodelError
 
-#: Outermost first. Parallelizers are applied in the reverse order (innermost first).
-DIM_ORDER = ("dp_replicate", "dp_shard", "ep", "cp", "tp")
+#: Outermost first. Parallelizers are applied in the reverse order (innermost first), except ``pp``
+#: (pipeline parallel, automodel-pp), applied first: it cuts this rank's stage out of the model, which
+#: the others then parallelize.
+DIM_ORDER = ("pp", "dp_replicate", "dp_shard", "ep", "cp", "tp")
 #: Ranks that differ in these coordinates see different data. ``ep`` (expert parallel, automodel-moe) is
 #: data parallel for everything but the experts: each rank routes its own tokens to the experts' owners.
 DP_DIMS = ("dp_replicate", "dp_shard", "ep")
@@ -86,8 +88,8 @@ class Layout:
 
     @property
     def innermost_first(self) -> list[Any]:
-        """The order parallelizers are applied in: tp/cp, then dp_shard, then dp_replicate."""
-        return sorted(self.parallelizers, key=lambda p: -DIM_ORDER.index(p.dim))
+        """The order parallelizers are applied in: pp (the stage), then tp/cp, then dp_shard, then dp_replicate."""
+        return sorted(self.parallelizers, key=lambda p: (p.dim != "pp", -DIM_ORDER.index(p.dim)))
 
 
 def plan_layout(parallelizers: list[Any], world_size: int | None, names: list[str] | None = None) -> tuple[Layout, list[tuple[str, str, str | None]]]:
@@ -129,7 +131,7 @@ def build_mesh(plan: MeshPlan, device_type: str) -> Any:
 
 
 def dp_coordinates(mesh: Any, plan: MeshPlan) -> tuple[int, int]:
-    """(data-parallel rank, data-parallel size) of this process: ranks that differ only in tp/cp
+    """(data-parallel rank, data-parallel size) of this process: ranks that differ only in pp/tp/cp
     coordinates see the same data."""
     if mesh is None:
         return 0, 1

@@ -75,6 +75,21 @@ class NamedParameters(list):
 
 
 @dataclass
+class StepLoss:
+    """The loss of one micro-batch, for a parallelizer that runs forward and backward itself
+    (``forward_backward``, a pipeline schedule): ``loss(batch, logits=...)``, or ``loss(batch,
+    hidden_states=..., lm_head_weight=...)`` when ``uses_hidden_states``, calls the configured loss as
+    the loop does (the keyword arguments it names, normalized by ``num_label_tokens``; faults named)."""
+
+    trainer: Any
+    num_label_tokens: torch.Tensor
+    uses_hidden_states: bool
+
+    def __call__(self, batch: dict[str, torch.Tensor], **outputs: Any) -> torch.Tensor:
+        return self.trainer.loss_of(batch, self.num_label_tokens, **outputs)
+
+
+@dataclass
 class StepResult:
     """What one optimizer step leaves on the device (read on logging steps only: no per-step sync)."""
 
@@ -137,6 +152,9 @@ class Trainer:
         self.loss_args = accepted_kwargs(self.loss_fn, LOSS_ARGUMENTS)  # the loss gets only what it names
         self.model_inputs = model_inputs(self.hf_model)
         self.hidden = HiddenStates(self.hf_model) if member(self.loss_fn, Loss, "uses_hidden_states") else None
+        # a parallelizer that runs forward + backward of a step itself (pipeline schedules); None: the loop does
+        self.step_owner = next((p for p in self.layout.parallelizers if ctx.mesh is not None
+                                and member(p, Parallelizer, "forward_backward") is not None), None)
         self._setup_data()
         setup = member(self.loss_fn, Loss, "setup")
         if setup is not None:  # after the model is built and parallelized (and the data), before the optimizer
@@ -278,13 +296,17 @@ class Trainer:
         """The loss of one micro-batch: the model gets the batch columns its forward names (not
         ``labels``), the loss the keyword arguments its ``__call__`` names (see contracts.Loss)."""
         inputs = {k: v for k, v in batch.items() if k != "labels" and (self.model_inputs is None or k in self.model_inputs)}
-        given: dict[str, Any] = {"labels": batch["labels"], "num_label_tokens": num_label_tokens, "batch": batch,
-                                 "model": self.model, "ctx": self.ctx}
         if self.hidden is not None:
             self.model(**inputs, use_cache=False, logits_to_keep=HiddenStates.EMPTY.to(self.ctx.device))
-            given.update(hidden_states=self.hidden.value, lm_head_weight=self.hf_model.get_output_embeddings().weight)
-        else:
-            given["logits"] = self.model(**inputs, use_cache=False).logits
+            return self.loss_of(batch, num_label_tokens, hidden_states=self.hidden.value,
+                                lm_head_weight=self.hf_model.get_output_embeddings().weight)
+        return self.loss_of(batch, num_label_tokens, logits=self.model(**inputs, use_cache=False).logits)
+
+    def loss_of(self, batch: dict[str, torch.Tensor], num_label_tokens: torch.Tensor, **outputs: Any) -> torch.Tensor:
+        """The configured loss of one micro-batch from the model's ``outputs`` (``logits``, or
+        ``hidden_states`` and ``lm_head_weight``), called with the keyword arguments it names."""
+        given: dict[str, Any] = {"labels": batch["labels"], "num_label_tokens": num_label_tokens, "batch": batch,
+                                 "model": self.model, "ctx": self.ctx, **outputs}
         try:
             loss = self.loss_fn(**{k: given[k] for k in self.loss_args if k in given})
         except AutomodelError:
@@ -317,11 +339,15 @@ class Trainer:
         label_tokens = self._all_reduce(sum((b["labels"] != -100).sum() for b in micro)) // (ctx.world_size // ctx.dp_size)
         num_label_tokens = label_tokens.clamp(min=1).to(torch.float32)
         self.window_label_tokens += label_tokens
-        loss_sum = torch.zeros((), device=ctx.device)
-        for i, batch in enumerate(micro):
-            with runtime.grad_sync(self.model, i == len(micro) - 1):
-                loss_sum += self.forward_backward(batch, num_label_tokens)
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg["clip_grad_norm"] or float("inf"), foreach=True)
+        loss_sum = self._owned_step(micro, num_label_tokens, backward=True)
+        if loss_sum is None:
+            loss_sum = torch.zeros((), device=ctx.device)
+            for i, batch in enumerate(micro):
+                with runtime.grad_sync(self.model, i == len(micro) - 1):
+                    loss_sum += self.forward_backward(batch, num_label_tokens)
+        max_norm = self.cfg["clip_grad_norm"] or float("inf")
+        clip = member(self.step_owner, Parallelizer, "clip_grad_norm") if self.step_owner is not None else None
+        norm = clip(self.params, max_norm) if clip else torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
         grad_norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
         self.optimizer.step()
         lr = self.lr_scheduler.get_last_lr()[0]  # the lr this step used
@@ -333,6 +359,15 @@ class Trainer:
         bad_here = torch.where(finite, NO_BAD_STEP, self.train_state.step)
         torch.minimum(self.first_bad_step, bad_here, out=self.first_bad_step)
         return StepResult(loss_sum, grad_norm, label_tokens, lr)
+
+    def _owned_step(self, micro: list[dict[str, torch.Tensor]], num_label_tokens: torch.Tensor,
+                    backward: bool) -> torch.Tensor | None:
+        """The loss sum of ``micro`` from the parallelizer that owns forward/backward (see
+        ``contracts.Parallelizer.forward_backward``); None: there is none, or it leaves it to the loop."""
+        if self.step_owner is None:
+            return None
+        loss = StepLoss(self, num_label_tokens, self.hidden is not None)
+        return self.step_owner.forward_backward(self.model, micro, loss, self.ctx, backward=backward)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -497,7 +532,9 @@ class Trainer:
                     break
                 batch = {k: v.to(ctx.device) for k, v in batch.items()}
                 n = (batch["labels"] != -100).sum()
-                total += torch.stack([self.forward(batch, torch.ones((), device=ctx.device)), n.float()])
+                one = torch.ones((), device=ctx.device)
+                loss_sum = self._owned_step([batch], one, backward=False)
+                total += torch.stack([self.forward(batch, one) if loss_sum is None else loss_sum, n.float()])
             self._all_reduce(total)
             replicas = ctx.world_size // ctx.dp_size
             loss_sum, tokens = float(total[0]) / replicas, float(total[1]) / replicas
