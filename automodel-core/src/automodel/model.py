@@ -31,6 +31,10 @@ class BuiltModel:
 def build_model(cfg: dict[str, Any], plugins: Any, ctx: Context, layout: Layout | None = None) -> BuiltModel:
     """Load the model (on meta when ``ctx.meta_init``), apply the transforms in config order, then the
     layout's parallelizers innermost first (when there is a mesh), then materialize and load weights."""
+    if cfg["model"].get("attn_implementation") == "sdpa_packed":  # the core's attention for packed rows
+        from automodel.attention import register
+
+        register()
     model, tokenizer = build_component(plugins, "model_loaders", cfg["model"], ctx)
     transforms = [build_component(plugins, "model_transforms", t) for t in cfg.get("transforms") or []]
     for t in transforms:

@@ -10,7 +10,7 @@
 ``instruction``, ``chat`` and ``squad`` share one pipeline: tokenize (``datasets.map``: cached, ``num_proc``
 workers), then samples longer than ``max_length`` are truncated or dropped (``truncation``) and samples
 without a label token are dropped, both counted in a one-line summary; then optional packing into rows of
-``max_length`` tokens (:func:`automodel.data.pack`), or, with ``streaming: true``, all of it lazily on a
+``pack_length`` tokens (default ``max_length``; :func:`automodel.data.pack`), or, with ``streaming: true``, all of it lazily on a
 ``datasets.IterableDataset`` (:class:`automodel.data.StreamingDataset`).
 """
 
@@ -111,9 +111,11 @@ def _cache_files(data: Any) -> set[str]:
 
 def _build(
     ctx: Any, name: str, path: str, data: Any, encode: Callable[[dict[str, Any]], dict[str, list[int]]], *,
-    max_length: int, truncation: str, packing: bool, num_proc: int | None, limit: int | None, streaming: bool,
+    max_length: int, truncation: str, packing: bool, pack_length: int | None, num_proc: int | None, limit: int | None,
+    streaming: bool,
 ) -> Any:
     fit = _fit(encode, max_length, truncation)
+    row_length = pack_length or max_length  # packed rows; examples are cut at max_length before packing
     if streaming:
         from automodel.data import StreamingDataset
 
@@ -122,8 +124,8 @@ def _build(
         drop = truncation == "drop"
         data = data.map(fit).filter(lambda x: x["_labeled"] == 1 and not (drop and x["_length"] > max_length))
         ctx.print(f"dataset {name}: streaming {path} (tokenized on the fly; truncation: {truncation} at max_length={max_length}"
-                  f"{f'; packed into rows of {max_length} tokens' if packing else ''})")
-        return StreamingDataset(data, pack_length=max_length if packing else None, description=f"{name}:{path}")
+                  f"{f'; packed in order into rows of {row_length} tokens' if packing else ''})")
+        return StreamingDataset(data, pack_length=row_length if packing else None, description=f"{name}:{path}")
 
     if limit is not None:
         data = data.select(range(min(limit, len(data))))
@@ -168,8 +170,8 @@ def _build(
     if packing:
         from automodel.data import pack
 
-        packed = pack(data, max_length, kept_lengths)
-        parts.append(f"packed into {len(packed)} rows of {max_length} tokens: packing efficiency {packed.efficiency:.3f} "
+        packed = pack(data, row_length, kept_lengths)
+        parts.append(f"packed into {len(packed)} rows of {row_length} tokens: packing efficiency {packed.efficiency:.3f} "
                      f"(real tokens / total)")
         data = packed
     ctx.print("; ".join(parts))
@@ -223,6 +225,7 @@ def instruction(
     add_eos: bool = True,
     answer_only_loss: bool = True,
     packing: bool = False,
+    pack_length: int | None = None,
     streaming: bool = False,
     num_proc: int | None = None,
     cache_dir: str | None = None,
@@ -234,7 +237,8 @@ def instruction(
     (``{prompt}`` is the prompt column; any other ``{column}`` is that column, e.g.
     ``"{instruction}\\n{input}\\n"``), the response and EOS. With ``answer_only_loss`` only response tokens
     carry labels, else every token after BOS. Examples longer than ``max_length`` tokens are truncated
-    or dropped (``truncation``); examples left without a response token are dropped.
+    or dropped (``truncation``); examples left without a response token are dropped. ``packing`` groups
+    examples into rows of ``pack_length`` tokens (default ``max_length``).
     """
     data = _load(path, split, streaming, cache_dir)
     fields = [f for f in _template_fields(prompt_template) if f != "prompt"]
@@ -245,7 +249,7 @@ def instruction(
 
     encode = _pair_encoder(tokenizer, make_prompt, lambda row: str(row[response]), add_eos, answer_only_loss)
     return _build(ctx, "instruction", path, data, encode, max_length=max_length, truncation=truncation, packing=packing,
-                  num_proc=num_proc, limit=limit, streaming=streaming)
+                  pack_length=pack_length, num_proc=num_proc, limit=limit, streaming=streaming)
 
 
 def _peek_record(path: Path) -> dict[str, Any] | None:
@@ -295,10 +299,16 @@ def _peek_columns(path: Path) -> list[str] | None:
 def _file_problems(args: dict[str, Any]) -> tuple[list[tuple[str, str, str]], Path | None]:
     """Checks shared by every file-based dataset; returns (problems, the local file or None)."""
     path = args.get("path")
-    for key, least in (("max_length", 2), ("limit", 1), ("num_proc", 1)):
+    for key, least in (("max_length", 2), ("pack_length", 2), ("limit", 1), ("num_proc", 1)):
         value = args.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value < least:
             return [(key, f"must be at least {least}, got {value}", "")], None
+    pack_length, max_length = args.get("pack_length"), args.get("max_length", 512)
+    if pack_length is not None and not args.get("packing"):
+        return [("pack_length", f"is set ({pack_length}) but packing is off", "set packing: true, or drop pack_length")], None
+    if isinstance(pack_length, int) and isinstance(max_length, int) and pack_length < max_length:
+        return [("pack_length", f"({pack_length}) is shorter than max_length ({max_length}): an example of max_length "
+                 "tokens would not fit in a row", "raise pack_length, or lower max_length (the longest example kept)")], None
     if not isinstance(path, str) or not _local(path):
         return [], None
     p = Path(path).expanduser()
@@ -385,6 +395,7 @@ def squad(
     truncation: Literal["truncate", "drop"] = "truncate",
     add_eos: bool = True,
     packing: bool = False,
+    pack_length: int | None = None,
     streaming: bool = False,
     num_proc: int | None = None,
     cache_dir: str | None = None,
@@ -412,7 +423,7 @@ def squad(
         return base(row)
 
     return _build(ctx, "squad", path, data, encode, max_length=max_length, truncation=truncation, packing=packing,
-                  num_proc=num_proc, limit=limit, streaming=streaming)
+                  pack_length=pack_length, num_proc=num_proc, limit=limit, streaming=streaming)
 
 
 def _squad_validate(args: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -518,6 +529,7 @@ def chat(
     max_length: int = 512,
     truncation: Literal["truncate", "drop"] = "truncate",
     packing: bool = False,
+    pack_length: int | None = None,
     streaming: bool = False,
     num_proc: int | None = None,
     cache_dir: str | None = None,
@@ -549,7 +561,7 @@ def chat(
         return {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)]}
 
     return _build(ctx, "chat", path, data, encode, max_length=max_length, truncation=truncation, packing=packing,
-                  num_proc=num_proc, limit=limit, streaming=streaming)
+                  pack_length=pack_length, num_proc=num_proc, limit=limit, streaming=streaming)
 
 
 def _tokenizer_has_chat_template(config: dict[str, Any]) -> tuple[str, bool] | None:
