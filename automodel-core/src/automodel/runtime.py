@@ -44,6 +44,12 @@ def all_reduce(value: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return value
 
 
+def barrier() -> None:
+    """Wait for every rank when :func:`distributed`; nothing to wait for otherwise."""
+    if distributed():
+        dist.barrier()
+
+
 def grad_sync(model: Any, enabled: bool) -> Any:
     """Skip gradient all-reduce on all but the last micro-batch (DDP no_sync / FSDP2 flag)."""
     if hasattr(model, "set_requires_gradient_sync"):

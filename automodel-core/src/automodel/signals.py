@@ -109,10 +109,10 @@ class StopFlag:
         if not distributed:
             return self.signum is not None
         import torch
-        import torch.distributed as dist
 
-        flag = torch.tensor([self.signum or 0], dtype=torch.int32, device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        from automodel import runtime
+
+        flag = runtime.all_reduce(torch.tensor([self.signum or 0], dtype=torch.int32, device=device), "max")
         if self.signum is None and int(flag):
             self.signum = int(flag)
         return bool(int(flag))

@@ -144,10 +144,9 @@ class Checkpointer:
         return sorted(s for p in candidates(self.dir) if verify(p) is None and (s := step_of(p)) is not None)
 
     def _barrier(self) -> None:
-        import torch.distributed as dist
+        from automodel import runtime
 
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
+        runtime.barrier()
 
     def _gather(self, value: Any) -> list[Any]:
         """Every rank's ``value``, on every rank (a list in rank order)."""
@@ -186,7 +185,8 @@ class Checkpointer:
         """Refuse to save non-finite parameters (one flag per parameter on the device, one sync; all
         ranks agree): such a checkpoint never becomes ``latest``; the error names the newest finite one."""
         import torch
-        import torch.distributed as dist
+
+        from automodel import runtime
 
         # trainable parameters only: frozen ones do not change between saves (and quantized frozen bases,
         # such as torchao's NF4 tensors, have no isfinite)
@@ -195,9 +195,7 @@ class Checkpointer:
             return
         with torch.no_grad():
             bad = torch.stack([~torch.isfinite(p).all() for _, p in named]).to(torch.int32)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        flags = bad.tolist()
+        flags = runtime.all_reduce(bad, "max").tolist()
         if not any(flags):
             return
         names = [n for (n, _), f in zip(named, flags) if f]

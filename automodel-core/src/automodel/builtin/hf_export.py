@@ -18,8 +18,9 @@ def export_hf(model: Any, tokenizer: Any, out_dir: str | Path, ctx: Any) -> Path
     Sharded (DTensor) weights are written by every rank through DCP's Hugging Face storage writer
     and consolidated into full tensors file by file, without gathering the model on one rank.
     """
-    import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    from automodel import runtime
 
     out = Path(out_dir)
     sd = get_model_state_dict(model)
@@ -44,8 +45,7 @@ def export_hf(model: Any, tokenizer: Any, out_dir: str | Path, ctx: Any) -> Path
         _ensure_index(out)
     if ctx.is_main:
         normal_permissions(out)  # safetensors writes 0600 files whatever the umask
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    runtime.barrier()
     return out
 
 
