@@ -17,6 +17,18 @@ def _looks_local(path: str) -> bool:
     return path.startswith((".", "/", "~")) or path.count("/") > 1 or os.path.exists(path)
 
 
+def missing_local_paths(args: dict[str, Any], keys: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """``validate_args`` problems for the ``keys`` of ``args`` that name a local path (not a hub id) that
+    does not exist. Shared by the model loaders (``hf`` here, ``hf_vlm`` in automodel-vlm)."""
+    out = []
+    for key in keys:
+        value = args.get(key)
+        if isinstance(value, str) and _looks_local(value) and not Path(value).expanduser().exists():
+            out.append((key, f"local path not found: {value} (resolved: {Path(value).expanduser().resolve()})",
+                        "relative paths are relative to the current directory; write ${cfg_dir}/... for paths next to the config"))
+    return out
+
+
 def hf(
     ctx: Any,
     pretrained: str | None = None,
@@ -121,11 +133,7 @@ def _hf_validate(args: dict[str, Any]) -> list[tuple[str, str, str]]:
             out += [("pretrained", f"{pretrained}/config.json: {message}", hint) for _, message, hint in _shape_problems(spec, "")]
     if config and not args.get("tokenizer"):
         out.append(("tokenizer", "a model built from 'config' needs a tokenizer path or hub id", "e.g. tokenizer: ./tokenizer"))
-    for key in ("pretrained", "tokenizer"):
-        value = args.get(key)
-        if isinstance(value, str) and _looks_local(value) and not Path(value).expanduser().exists():
-            out.append((key, f"local path not found: {value} (resolved: {Path(value).expanduser().resolve()})",
-                        "relative paths are relative to the current directory; write ${cfg_dir}/... for paths next to the config"))
+    out += missing_local_paths(args, ("pretrained", "tokenizer"))
     return out
 
 

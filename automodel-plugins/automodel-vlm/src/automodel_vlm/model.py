@@ -18,16 +18,13 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+from automodel.builtin.models import missing_local_paths
 from automodel.errors import AutomodelError, did_you_mean
 from automodel.weights import init_weights
 
 #: Module names of the vision-to-text projector in transformers' VLMs (Llava, Gemma 3, Mistral 3: the first;
 #: Idefics3 / SmolVLM: connector; Qwen2-VL / 2.5-VL: visual.merger, inside the vision tower).
 PROJECTOR_NAMES = ("multi_modal_projector", "connector", "mm_projector", "merger", "vision_projection", "embed_vision")
-
-
-def _looks_local(path: str) -> bool:
-    return path.startswith((".", "/", "~")) or path.count("/") > 1 or Path(path).expanduser().exists()
 
 
 def hf_vlm(
@@ -277,11 +274,7 @@ def _validate(args: dict[str, Any]) -> list[tuple[str, str, str]]:
     if config and not args.get("processor"):
         out.append(("processor", "a model built from 'config' needs a processor directory or hub id",
                     "e.g. processor: ./processor (saved with processor.save_pretrained)"))
-    for key in ("pretrained", "processor"):
-        value = args.get(key)
-        if isinstance(value, str) and _looks_local(value) and not Path(value).expanduser().exists():
-            out.append((key, f"local path not found: {value} (resolved: {Path(value).expanduser().resolve()})",
-                        "relative paths are relative to the current directory; write ${cfg_dir}/... for paths next to the config"))
+    out += missing_local_paths(args, ("pretrained", "processor"))
     return out
 
 

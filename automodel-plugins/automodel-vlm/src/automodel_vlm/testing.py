@@ -114,45 +114,62 @@ SHAPES = ("circle", "square", "triangle")
 QUESTIONS = {"colour": "what colour is the shape?", "shape": "what shape is it?"}
 
 
-def draw(shape: str, colour: str, rng: random.Random, size: int = 32) -> Any:
-    """A ``size`` x ``size`` PNG-able image: one filled shape of ``colour`` on a light background,
-    with random size and position."""
+def draw(shape: str, colour: str, rng: random.Random, size: int = 32, *, radius: tuple[float, float] | None = None,
+         jitter: float = 0.0, scale: int = 1) -> Any:
+    """A ``size`` x ``size`` PNG-able image: one filled circle, square or triangle of ``colour`` (each
+    channel jittered by up to 20) on a light random background.
+
+    Default: an integer half-width of ``size // 5`` to ``size // 3`` pixels, anywhere in the image. With
+    ``radius=(lo, hi)``: a half-width drawn uniformly from it, the centre within ``jitter`` pixels of the
+    image's centre on each axis (the example's task). ``scale > 1`` draws at ``scale`` times the size and
+    downsamples (anti-aliased edges)."""
     from PIL import Image, ImageDraw
 
     bg = tuple(rng.randint(225, 255) for _ in range(3))
-    image = Image.new("RGB", (size, size), bg)
-    d = ImageDraw.Draw(image)
-    r = rng.randint(size // 5, size // 3)
-    cx, cy = rng.randint(r + 1, size - r - 2), rng.randint(r + 1, size - r - 2)
+    image = Image.new("RGB", (size * scale, size * scale), bg)
+    if radius is None:
+        r: float = rng.randint(size // 5, size // 3)
+        cx, cy = rng.randint(int(r) + 1, size - int(r) - 2), rng.randint(int(r) + 1, size - int(r) - 2)
+    else:
+        r = rng.uniform(*radius)
+        cx, cy = (size / 2 + rng.uniform(-jitter, jitter) for _ in range(2))
+    r, cx, cy = r * scale, cx * scale, cy * scale
     fill = tuple(max(0, min(255, c + rng.randint(-20, 20))) for c in COLOURS[colour])
+    d = ImageDraw.Draw(image)
     if shape == "circle":
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     elif shape == "square":
         d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
     else:
         d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
-    return image
+    return image if scale == 1 else image.resize((size, size), Image.Resampling.LANCZOS)
 
 
 def write_shapes(directory: str | os.PathLike[str], n: int = 64, seed: int = 0, name: str = "train",
-                 size: int = 32) -> Path:
-    """``directory/<name>.jsonl``: ``n`` records, each one image (``images/<name>_<i>.png``, a path
-    relative to the file) and one question (colour or shape) with its one-word answer."""
+                 size: int = 32, both_questions: bool = False, **draw_args: Any) -> Path:
+    """``directory/<name>.jsonl``: ``n`` images (``images/<name>_<i>.png``, paths relative to the file),
+    each drawn by :func:`draw` (``draw_args``: ``radius``, ``jitter``, ``scale``) and asked one question
+    (colour or shape, at random) with its one-word answer; with ``both_questions`` each image is asked
+    both, in two records, and the records are shuffled. Deterministic for a given ``seed``."""
     rng = random.Random(seed)
     out = Path(directory)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    with (out / f"{name}.jsonl").open("w") as f:
-        for i in range(n):
-            shape, colour = rng.choice(SHAPES), rng.choice(sorted(COLOURS))
-            kind = rng.choice(sorted(QUESTIONS))
-            rel = f"images/{name}_{i}.png"
-            draw(shape, colour, rng, size).save(out / rel)
-            record = {
+    records = []
+    for i in range(n):
+        shape, colour = rng.choice(SHAPES), rng.choice(sorted(COLOURS))
+        kinds = sorted(QUESTIONS) if both_questions else [rng.choice(sorted(QUESTIONS))]
+        rel = f"images/{name}_{i}.png"
+        draw(shape, colour, rng, size, **draw_args).save(out / rel)
+        for kind in kinds:
+            records.append({
                 "messages": [
                     {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTIONS[kind]}]},
                     {"role": "assistant", "content": [{"type": "text", "text": colour if kind == "colour" else shape}]},
                 ],
                 "images": [rel],
-            }
-            f.write(json.dumps(record) + "\n")
-    return out / f"{name}.jsonl"
+            })
+    if both_questions:
+        rng.shuffle(records)
+    path = out / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
