@@ -118,6 +118,25 @@ class HiddenStates:
         self.value = output[0] if isinstance(output, tuple) else output.last_hidden_state
 
 
+def clip_grad_norm(params: Any, max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_``, also when the gradients are DTensors on different meshes
+    (automodel-moe: experts sharded over ``ep``, the rest over ``dp_shard x ep``): each mesh's norm is
+    reduced on that mesh, then the norms are combined."""
+    groups: dict[Any, list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad is not None:
+            groups.setdefault(getattr(p.grad, "device_mesh", None), []).append(p.grad)
+    if len(groups) <= 1:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+    norms = [torch.nn.utils.get_total_norm(grads, foreach=True) for grads in groups.values()]
+    total = torch.linalg.vector_norm(torch.stack([n.full_tensor() if hasattr(n, "full_tensor") else n for n in norms]))
+    if max_norm != float("inf"):
+        coef = float(torch.clamp(max_norm / (total + 1e-6), max=1.0))
+        for grads in groups.values():
+            torch._foreach_mul_(grads, coef)
+    return total
+
+
 def model_inputs(model: torch.nn.Module) -> frozenset[str] | None:
     """The batch columns the model's forward names (of the Hugging Face model inside a PEFT wrapper),
     so extra columns meant for the loss never reach it; None: it names none, pass every column."""
@@ -347,7 +366,7 @@ class Trainer:
                     loss_sum += self.forward_backward(batch, num_label_tokens)
         max_norm = self.cfg["clip_grad_norm"] or float("inf")
         clip = member(self.step_owner, Parallelizer, "clip_grad_norm") if self.step_owner is not None else None
-        norm = clip(self.params, max_norm) if clip else torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
+        norm = clip(self.params, max_norm) if clip else clip_grad_norm(self.params, max_norm)
         grad_norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
         self.optimizer.step()
         lr = self.lr_scheduler.get_last_lr()[0]  # the lr this step used
