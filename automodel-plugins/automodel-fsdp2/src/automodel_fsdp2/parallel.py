@@ -110,9 +110,15 @@ class FSDP2:
         return model
 
     def _dp_mesh(self, mesh: Any) -> Any:
-        if "dp_replicate" not in tuple(mesh.mesh_dim_names or ()):
-            return mesh["dp_shard"]
-        return mesh["dp_replicate", "dp_shard"]  # HSDP: replicate on dim 0, shard on dim 1
+        names = tuple(mesh.mesh_dim_names or ())
+        shard = "dp_shard"
+        if "ep" in names:  # expert parallel (automodel-moe): the ep ranks hold other data, so everything
+            # but the experts (sharded over ep by the ep parallelizer, applied before) shards over both
+            shard = "dp_shard_ep"
+            mesh["dp_shard", "ep"]._flatten(shard)  # made once, then found by name
+        if "dp_replicate" not in names:
+            return mesh[shard]
+        return mesh["dp_replicate", shard]  # HSDP: replicate on dim 0, shard on dim 1
 
 
 class FSDP2Replicate:
