@@ -55,6 +55,23 @@ def test_builtins_conform(tmp_path, tiny_model_dir):
     assert sorted(c.split(":")[0] for c in report.checked) == sorted(registered), str(report)  # every builtin checked
 
 
+def test_vlm_conforms_with_its_processor(tmp_path):
+    """hf_vlm and image_chat through the kit's processor path: the loader's (model, processor) run on an
+    image + text, the dataset is built with the processor and its collate pads and shifts labels."""
+    if not installed("automodel-vlm"):
+        pytest.skip("automodel-vlm is not installed")
+    from automodel_vlm.testing import char_processor, tiny_vlm, write_shapes
+
+    model = {"pretrained": str(tiny_vlm(tmp_path))}
+    data = {"path": str(write_shapes(tmp_path / "data", n=4))}
+    report = check_plugin("vlm", args={"hf_vlm": model, "image_chat": data}, tokenizer=char_processor(),
+                          config={"model": {"name": "hf_vlm", **model}})
+    assert not report.skipped and not report.problems, str(report)
+    checked = "\n".join(report.checked)
+    assert "model_loaders/hf_vlm: returns (model, LlavaProcessor) that run on an image + text" in checked, checked
+    assert "datasets/image_chat: 4 items" in checked and "collate pads and shifts labels (+ pixel_values)" in checked, checked
+
+
 def test_fsdp2_keeps_loss_parity_with_one_process_over_gloo():
     if not installed("automodel-fsdp2"):
         pytest.skip("automodel-fsdp2 is not installed")

@@ -17,7 +17,10 @@ loss            called as the loop calls it (the keyword arguments its ``__call_
                 differentiable, no gradient where ``labels == -100``, the same loss sum and
                 gradients however the batch is split into micro-batches
 dataset         ``len() > 0``; items have ``input_ids`` and ``labels``, lists of int of equal length
-                (and ``position_ids`` of the same length if present); labels are ids or ``-100``
+                (and ``position_ids`` of the same length if present); labels are ids or ``-100``; a
+                ``collate(items)`` returns ``input_ids`` and ``labels`` tensors of one shape, the labels
+                shifted by one as the builtin collator shifts them. Built with ``tokenizer`` (default:
+                a character tokenizer; a VLM dataset needs the model's processor)
 logger          ``log`` takes a training record and a validation-only record (``val_loss``,
                 ``val_tokens``) for the same step, then ``close()``
 transform       ``apply(model, ctx)`` returns a model that still runs forward and backward
@@ -25,7 +28,10 @@ parallelizer    ``dim`` is a mesh dimension, ``size`` is ``None`` or an int; wit
                 ``distributed=True``, a 2-process gloo run has the losses of a 1-process run
 checkpointer    ``save`` then ``load`` restores the model, optimizer and train state
 optimizer       steps the parameters; lr scheduler: ``total_steps`` steps with a finite lr
-launcher        has ``launch``; model loader: returns ``(model, tokenizer)`` (needs ``args``)
+launcher        has ``launch``; model loader: returns ``(model, tokenizer)`` (needs ``args``) that
+                run; when the tokenizer is a processor (it has an ``image_processor``): a chat with
+                an image, processed by it, runs through the model, and a different image changes
+                the logits
 ==============  =================================================================================
 
 A component whose factory has required arguments needs them in ``args``; ``skip={name: reason}``
@@ -89,6 +95,7 @@ def check_plugin(
     raise_on_problems: bool = True,
     batch_columns: dict[str, dict[str, Any]] | None = None,
     config: dict[str, Any] | None = None,
+    tokenizer: Any = None,
 ) -> Report:
     """Check every component plugin ``name`` (plugin, distribution or module name) registers.
 
@@ -98,7 +105,9 @@ def check_plugin(
     ``--plugin`` does; ``batch_columns`` maps a loss name to extra columns of the ``batch`` it receives
     (tensors with a leading dimension of 4 rows, e.g. ``{"my_loss": {"weight": torch.ones(4, 8)}}``);
     ``config`` is the whole config a ``validate_args(args, config)`` receives (default: every section's
-    default, the tiny Llama as ``model: {name: hf, config: ...}``, the component's own section filled in).
+    default, the tiny Llama as ``model: {name: hf, config: ...}``, the component's own section filled in);
+    ``tokenizer`` is what datasets are built with (a tokenizer or a processor, e.g. a VLM's; default: the
+    kit's character tokenizer).
     Returns the :class:`Report`; raises ``AssertionError`` with it if anything is
     wrong (unless ``raise_on_problems=False``).
     """
@@ -126,6 +135,7 @@ def check_plugin(
                 factory = entry.resolve()  # import + signature against the kind
                 cfg = dict(args.get(label, args.get(entry.name, {})))
                 _KIT_CONFIG.set(_kit_config(entry.kind, entry.name, cfg, config))
+                _KIT_TOKENIZER.set(tokenizer)
                 where = Path(tmp) / f"{entry.kind}-{entry.name}"
                 if entry.kind == "losses":
                     columns = (batch_columns or {}).get(label, (batch_columns or {}).get(entry.name))
@@ -155,6 +165,7 @@ def check_plugin(
 
 
 _KIT_CONFIG: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("kit_config", default=None)
+_KIT_TOKENIZER: contextvars.ContextVar[Any] = contextvars.ContextVar("kit_tokenizer", default=None)
 
 
 def _kit_config(kind: str, name: str, cfg: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
@@ -305,7 +316,8 @@ def loss_call(loss_fn: Any, **given: Any) -> Any:
 def _check_dataset(factory: Any, cfg: dict[str, Any], tmp: Path) -> str:
     from automodel.testing import char_tokenizer
 
-    ds = _build(factory, cfg, _ctx(tmp), char_tokenizer())
+    tokenizer = _KIT_TOKENIZER.get()
+    ds = _build(factory, cfg, _ctx(tmp), char_tokenizer() if tokenizer is None else tokenizer)
     if hasattr(ds, "__len__") and hasattr(ds, "__getitem__"):
         _expect(len(ds) > 0, "the dataset is empty")
         items = [ds[i] for i in range(min(len(ds), 8))]
@@ -325,7 +337,36 @@ def _check_dataset(factory: Any, cfg: dict[str, Any], tmp: Path) -> str:
         if "position_ids" in item:
             _expect(len(item["position_ids"]) == len(ids), f"item {i}: position_ids length differs from input_ids")
     _expect(any(t != -100 for item in items for t in item["labels"]), "no item has a label token (all -100)")
-    return f"{what}; input_ids/labels are equal-length int lists"
+    collate = getattr(ds, "collate", None)
+    if collate is None:
+        return f"{what}; input_ids/labels are equal-length int lists"
+    return f"{what}; input_ids/labels are equal-length int lists; " + _check_collate(collate, items[:3])
+
+
+def _check_collate(collate: Any, items: list[dict[str, Any]]) -> str:
+    """``collate(items)``: ``input_ids`` and ``labels`` tensors of one shape, each row the item's ids
+    (then padding) and its labels shifted by one (``labels[t]`` is the label of token ``t + 1``), ``-100``
+    past the end: what the builtin :class:`automodel.data.Collator` returns."""
+    import torch
+
+    batch = collate(items)
+    _expect(isinstance(batch, dict) and "input_ids" in batch and "labels" in batch,
+            f"collate must return a dict with input_ids and labels, got {type(batch).__name__} "
+            f"{list(batch)[:6] if isinstance(batch, dict) else ''}")
+    ids, labels = batch["input_ids"], batch["labels"]
+    _expect(isinstance(ids, torch.Tensor) and isinstance(labels, torch.Tensor) and ids.shape == labels.shape
+            and ids.dim() == 2 and ids.shape[0] == len(items),
+            f"collate: input_ids and labels must be [{len(items)}, T] tensors of one shape, got "
+            f"{getattr(ids, 'shape', type(ids))} and {getattr(labels, 'shape', type(labels))}")
+    for i, item in enumerate(items):
+        k = len(item["input_ids"])
+        _expect(ids[i, :k].tolist() == list(item["input_ids"]), f"collate: row {i}'s input_ids are not item {i}'s")
+        want = list(item["labels"][1:k]) + [-100] * (labels.shape[1] - k + 1)
+        _expect(labels[i].tolist() == want, (
+            f"collate: row {i}'s labels are not item {i}'s shifted by one (labels[t] must be the label of token "
+            "t + 1, -100 at the end and on padding: what automodel.data.Collator returns)"))
+    extra = sorted(k for k in batch if k not in ("input_ids", "labels", "attention_mask", "position_ids"))
+    return f"collate pads and shifts labels{' (+ ' + ', '.join(extra) + ')' if extra else ''}"
 
 
 def _check_logger(factory: Any, cfg: dict[str, Any], tmp: Path) -> str:
@@ -435,9 +476,37 @@ def _check_model_loader(factory: Any, cfg: dict[str, Any], tmp: Path) -> str:
     _expect(isinstance(out, tuple) and len(out) == 2, "a model loader returns (model, tokenizer)")
     model, tokenizer = out
     _expect(isinstance(model, torch.nn.Module), f"model is a {type(model).__name__}, not a torch.nn.Module")
+    if getattr(tokenizer, "image_processor", None) is not None:
+        return _check_processor_model(model, tokenizer)
     ids = torch.tensor([tokenizer("abc")["input_ids"]])
     _expect(model(input_ids=ids).logits.shape[:2] == ids.shape, "logits do not match the input")
     return "returns (model, tokenizer) that run"
+
+
+def _check_processor_model(model: Any, processor: Any) -> str:
+    """A vision-language loader's (model, processor): a user turn with an image and text, rendered by the
+    processor's chat template (or ``image_token`` + text without one) and processed with an image, runs
+    through the model; another image gives other logits (the model reads the pixels)."""
+    import torch
+    from PIL import Image
+
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "abc"}]}]
+    if getattr(processor, "chat_template", None):
+        text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    else:
+        token = getattr(processor, "image_token", None)
+        _expect(token, f"the {type(processor).__name__} has neither a chat_template nor an image_token: "
+                       "a dataset cannot place images in the text")
+        text = f"{token}abc"
+    logits = []
+    for colour in ((220, 40, 40), (40, 80, 220)):
+        inputs = processor(text=[text], images=[Image.new("RGB", (32, 32), colour)], return_tensors="pt")
+        with torch.no_grad():
+            logits.append(model(**inputs).logits)
+        _expect(logits[-1].shape[:2] == inputs["input_ids"].shape, (
+            f"logits {tuple(logits[-1].shape)} do not match the processed input_ids {tuple(inputs['input_ids'].shape)}"))
+    _expect(not torch.equal(logits[0], logits[1]), "two different images give the same logits: the image is not used")
+    return f"returns (model, {type(processor).__name__}) that run on an image + text"
 
 
 _CHECKS = {
