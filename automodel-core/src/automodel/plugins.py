@@ -223,50 +223,16 @@ def load_plugins(local_modules: Iterable[str] = (), entry_points: bool = True) -
         pm.add_hookcall_monitoring(_tracer, lambda *a: None)
 
     infos: list[PluginInfo] = []
-
-    def add(info: PluginInfo, obj: Any = None) -> None:
-        infos.append(info)
-        try:
-            if obj is None:
-                obj = importlib.import_module(info.module)
-        except Exception as e:  # a broken plugin must not take the CLI down with it
-            info.fail(e)
-            return
-        problems = hook_problems(obj, info.name)
-        if problems:
-            info.fail(PluginError("\n".join(problems)))
-            return
-        try:
-            pm.register(obj, name=info.name)
-        except pluggy.PluginValidationError as e:  # what hook_problems did not foresee
-            info.fail(PluginError(f"plugin '{info.name}': {e}"))
-            info.exception.__cause__ = e  # type: ignore[union-attr]
-
     for module_name in DEFAULT_PLUGINS:
-        add(PluginInfo(module_name.rsplit(".", 1)[-1], module_name, "builtin"))
-
+        _add(pm, infos, PluginInfo(module_name.rsplit(".", 1)[-1], module_name, "builtin"))
     if entry_points:
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-            if not _selected(ep.name) or any(i.name == ep.name for i in infos):
-                continue
-            info = PluginInfo(name=ep.name, module=ep.value, source="entry point")
-            if ep.dist is not None:
-                info.dist, info.version = ep.dist.metadata["Name"], ep.dist.version
-            try:
-                obj = ep.load()
-            except Exception as e:
-                infos.append(info)
-                info.fail(PluginError(_entry_point_error(ep, info.label, e)))
-                info.exception.__cause__ = e  # type: ignore[union-attr]
-                continue
-            add(info, obj)
-
+        _add_entry_points(pm, infos)
     local = [m for m in dict.fromkeys(local_modules) if m]
     if local and "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     for module_name in local:
         if not any(i.name == module_name for i in infos):
-            add(PluginInfo(module_name, module_name, "local"))
+            _add(pm, infos, PluginInfo(module_name, module_name, "local"))
 
     registry = Registry()
     _register_all(pm, registry, {i.name: i for i in infos})
@@ -276,6 +242,44 @@ def load_plugins(local_modules: Iterable[str] = (), entry_points: bool = True) -
             info.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
     warn_incompatible_plugins(infos)  # one stderr line per plugin that does not support this core
     return Plugins(pm, registry, infos)
+
+
+def _add(pm: pluggy.PluginManager, infos: list[PluginInfo], info: PluginInfo, obj: Any = None) -> None:
+    """Import (unless ``obj`` is given), check and register one plugin; a failure is recorded on ``info``."""
+    infos.append(info)
+    try:
+        if obj is None:
+            obj = importlib.import_module(info.module)
+    except Exception as e:  # a broken plugin must not take the CLI down with it
+        info.fail(e)
+        return
+    problems = hook_problems(obj, info.name)
+    if problems:
+        info.fail(PluginError("\n".join(problems)))
+        return
+    try:
+        pm.register(obj, name=info.name)
+    except pluggy.PluginValidationError as e:  # what hook_problems did not foresee
+        info.fail(PluginError(f"plugin '{info.name}': {e}"))
+        info.exception.__cause__ = e  # type: ignore[union-attr]
+
+
+def _add_entry_points(pm: pluggy.PluginManager, infos: list[PluginInfo]) -> None:
+    """Every installed plugin (entry point group ``automodel``) selected by ``AUTOMODEL_PLUGINS``, by name."""
+    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if not _selected(ep.name) or any(i.name == ep.name for i in infos):
+            continue
+        info = PluginInfo(name=ep.name, module=ep.value, source="entry point")
+        if ep.dist is not None:
+            info.dist, info.version = ep.dist.metadata["Name"], ep.dist.version
+        try:
+            obj = ep.load()
+        except Exception as e:
+            infos.append(info)
+            info.fail(PluginError(_entry_point_error(ep, info.label, e)))
+            info.exception.__cause__ = e  # type: ignore[union-attr]
+            continue
+        _add(pm, infos, info, obj)
 
 
 def _register_all(pm: pluggy.PluginManager, registry: Registry, by_name: dict[str, PluginInfo]) -> None:

@@ -210,13 +210,23 @@ def srun_command(spec: ScriptSpec) -> list[str]:
 
 
 def render(spec: ScriptSpec) -> str:
-    """The complete batch script."""
-    p, o = spec.plan, spec.options
+    """The complete batch script: directives, environment, rendezvous and signal forwarding, the training
+    step, and (with ``requeue``) the requeue decision."""
     out = ["#!/bin/bash"]
     out += [f"#SBATCH {line}" for line in sbatch_directives(spec)]
+    out += _environment(spec) + _rendezvous(spec) + _training(spec)
+    if spec.options.requeue:
+        out += _requeue(spec.options)
+    out.append('exit "$rc"')
+    return "\n".join(out) + "\n"
+
+
+def _environment(spec: ScriptSpec) -> list[str]:
+    """What the script is, and the environment of the training processes (with launcher.setup)."""
+    p, o = spec.plan, spec.options
     what = (f"{p.nodes} node(s) x {p.procs_per_node} process(es) = world size {p.world_size}, "
             + ("one torchrun per node" if p.mode == "torchrun" else "one srun task per process"))
-    out += [
+    out = [
         f"# Written by automodel-slurm {spec.version}: {what}.",
         f"# Runs the saved, validated config {spec.config_path}",
         "# Submit again with: sbatch <this file>",
@@ -234,8 +244,13 @@ def render(spec: ScriptSpec) -> str:
         ]
     if o.setup:
         out += ["", "# setup (launcher.setup)"] + o.setup
-    port = str(o.master_port) if o.master_port else "$((20000 + SLURM_JOB_ID % 20000))"
-    out += [
+    return out
+
+
+def _rendezvous(spec: ScriptSpec) -> list[str]:
+    """MASTER_ADDR/PORT from the allocation, and traps that forward USR1/TERM to the training processes."""
+    port = str(spec.options.master_port) if spec.options.master_port else "$((20000 + SLURM_JOB_ID % 20000))"
+    return [
         "",
         'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         f"MASTER_PORT={port}",
@@ -252,6 +267,12 @@ def render(spec: ScriptSpec) -> str:
         "}",
         "trap 'got_usr1=1; forward USR1' USR1",
         "trap 'got_term=1; forward TERM' TERM",
+    ]
+
+
+def _training(spec: ScriptSpec) -> list[str]:
+    """srun in the background (so the traps run), its exit code, and the requeue code when it stopped for a signal."""
+    return [
         "",
         f"marker={_q(spec.output_dir + '/' + MARKER)}  # written by training when it stopped for a signal",
         'rm -f "$marker"',
@@ -267,22 +288,23 @@ def render(spec: ScriptSpec) -> str:
         "fi",
         "",
     ]
-    if o.requeue:
-        limit = ""
-        if o.max_requeues is not None:
-            limit = (f'    if [ "${{SLURM_RESTART_COUNT:-0}}" -ge {o.max_requeues} ]; then\n'
-                     f'        echo "automodel-slurm: not requeuing: already restarted {o.max_requeues} time(s)'
-                     ' (launcher.max_requeues)"; exit "$rc"\n'
-                     "    fi\n")
-        out += [
-            f"# {REQUEUE_EXIT_CODE}: the run checkpointed and asks to be requeued; it resumes from the checkpoint.",
-            f'if [ -z "$got_term" ] && {{ [ "$rc" -eq {REQUEUE_EXIT_CODE} ] || {{ [ -n "$got_usr1" ] && [ "$rc" -ne 0 ]; }}; }}; then',
-            *([limit.rstrip("\n")] if limit else []),
-            '    echo "automodel-slurm: requeuing job $SLURM_JOB_ID"',
-            "    trap '' TERM USR1",
-            '    scontrol requeue "$SLURM_JOB_ID" || echo "automodel-slurm: scontrol requeue failed"',
-            "    exit 0",
-            "fi",
-        ]
-    out.append('exit "$rc"')
-    return "\n".join(out) + "\n"
+
+
+def _requeue(o: SlurmOptions) -> list[str]:
+    """Requeue the job when the run checkpointed for a time limit / preemption (not for scancel's TERM)."""
+    limit = []
+    if o.max_requeues is not None:
+        limit = [f'    if [ "${{SLURM_RESTART_COUNT:-0}}" -ge {o.max_requeues} ]; then\n'
+                 f'        echo "automodel-slurm: not requeuing: already restarted {o.max_requeues} time(s)'
+                 ' (launcher.max_requeues)"; exit "$rc"\n'
+                 "    fi"]
+    return [
+        f"# {REQUEUE_EXIT_CODE}: the run checkpointed and asks to be requeued; it resumes from the checkpoint.",
+        f'if [ -z "$got_term" ] && {{ [ "$rc" -eq {REQUEUE_EXIT_CODE} ] || {{ [ -n "$got_usr1" ] && [ "$rc" -ne 0 ]; }}; }}; then',
+        *limit,
+        '    echo "automodel-slurm: requeuing job $SLURM_JOB_ID"',
+        "    trap '' TERM USR1",
+        '    scontrol requeue "$SLURM_JOB_ID" || echo "automodel-slurm: scontrol requeue failed"',
+        "    exit 0",
+        "fi",
+    ]
