@@ -75,8 +75,11 @@ def _torch_row_grad_(z: torch.Tensor, tgt: torch.Tensor, lse: torch.Tensor, scal
     g.sub_(lse[:, None]).exp_().mul_((1.0 + 2.0 * z_loss * lse)[:, None])
     if uniform_coef:
         g.sub_(uniform_coef)
-    rows = torch.nonzero(tgt >= 0)[:, 0]
-    g[rows, tgt[rows]] -= target_coef
+    if _is_fake(tgt):  # `automodel plan`: the same memory, without the data-dependent row selection
+        g.scatter_add_(1, tgt.clamp(min=0)[:, None], torch.full_like(g[:, :1], -target_coef))
+    else:
+        rows = torch.nonzero(tgt >= 0)[:, 0]
+        g[rows, tgt[rows]] -= target_coef
     if dcap is not None:
         g.mul_(dcap)
         del dcap
@@ -166,35 +169,103 @@ def _forward_backward(
     (one fp32-accumulated GEMM, no read-modify-write of dW) and accumulates ``dh += g W_chunk`` in fp32.
     """
     row_stats, row_grad_ = _backend(opts.backend, h.device)
-    torch_ops = row_stats is _torch_row_stats
-    vocab_local = w.shape[0]
-    vocab = shard.size if shard else vocab_local
-    start = shard.start if shard else 0
+    vocab = shard.size if shard else w.shape[0]
+    tokens = _Tokens.select(h, w, labels, opts.ignore_index, vocab, shard.start if shard else 0)
+    cols = _chunk_columns(opts, w.shape[0], w.element_size(), tokens.n, row_stats is _torch_row_stats)
+    chunks = [(c0, min(c0 + cols, w.shape[0])) for c0 in range(0, w.shape[0], cols)] if tokens.n else []
+
+    lse, zt, zs = _logsumexp(tokens, w, chunks, row_stats, opts, shard)
     eps, zl = float(opts.label_smoothing), float(opts.z_loss)
+    token = (lse - zt) * (1.0 - eps)
+    if eps:
+        token = token + (lse - zs / vocab) * eps
+    if zl:
+        token = token + lse * lse * zl
+    loss = token.sum() * scale
 
-    valid = labels != opts.ignore_index
-    idx = torch.nonzero(valid)[:, 0]
-    n = idx.numel()
-    dense = n == h.shape[0]  # no ignored token: no gather, no scatter
-    tv = labels if dense else labels.index_select(0, idx)
-    if n and bool(((tv < 0) | (tv >= vocab)).any()):
-        raise ValueError(f"labels must be in [0, {vocab}) or {opts.ignore_index}; got {tv.min().item()}..{tv.max().item()}")
-    hv = (h if dense else h.index_select(0, idx)).to(w.dtype)
-    tgt = tv - start  # target column in this rank's vocabulary (outside [0, vocab_local): elsewhere)
-    cols = _chunk_columns(opts, vocab_local, w.element_size(), n, torch_ops)
-    chunks = [(c0, min(c0 + cols, vocab_local)) for c0 in range(0, vocab_local, cols)] if n else []
+    dw = torch.empty_like(w) if grad_w else None
+    if dw is not None and not chunks:
+        dw.zero_()
+    acc = torch.zeros(tokens.n, h.shape[1], dtype=torch.float32, device=h.device) if grad_h else None
+    if grad_h or grad_w:
+        lse = lse.contiguous()
+        for c0, c1 in chunks:
+            z, tc = tokens.logits(w, c0, c1)
+            g = row_grad_(z, tc, lse, scale, opts.softcap, 1.0 - eps, eps / vocab, zl)
+            del z
+            if dw is not None:
+                torch.mm(g.t(), tokens.hidden, out=dw[c0:c1])
+            if acc is not None:
+                _accumulate(acc, g, w[c0:c1])
+            del g
+    tokens.hidden = None  # free the gathered hidden states before dh is assembled
+    if acc is None:
+        return loss, None, dw
+    if shard is not None and shard.reduce_hidden_grad:
+        dist.all_reduce(acc, group=shard.group)
+    return loss, tokens.scatter(acc, h), dw
 
-    def logits(c0: int, c1: int) -> tuple[torch.Tensor, torch.Tensor]:
-        t = tgt - c0
-        return hv @ w[c0:c1].t(), torch.where((t >= 0) & (t < c1 - c0), t, -1)
 
-    # pass 1: logsumexp, target logit and logit sum of every token
-    m = torch.full((n,), float("-inf"), dtype=torch.float32, device=h.device)
-    s = torch.zeros(n, dtype=torch.float32, device=h.device)
+def _is_fake(t: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor)
+
+
+@dataclass
+class _Tokens:
+    """The tokens that carry a label: their hidden states (in the weight's dtype) and target columns."""
+
+    hidden: torch.Tensor | None
+    target: torch.Tensor  # target column in this rank's vocabulary (outside [0, vocab_local): elsewhere)
+    index: torch.Tensor  # their rows in ``h``
+    dense: bool  # every token carries a label: no gather, no scatter
+
+    @property
+    def n(self) -> int:
+        return self.index.numel()
+
+    @classmethod
+    def select(cls, h: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, ignore_index: int, vocab: int,
+               start: int) -> _Tokens:
+        if _is_fake(labels):  # `automodel plan` (fake tensors, no values): plan for every token carrying a label
+            return cls(h.to(w.dtype), labels - start, torch.arange(h.shape[0], device=h.device), True)
+        idx = torch.nonzero(labels != ignore_index)[:, 0]
+        dense = idx.numel() == h.shape[0]
+        tv = labels if dense else labels.index_select(0, idx)
+        if idx.numel() and bool(((tv < 0) | (tv >= vocab)).any()):
+            raise ValueError(f"labels must be in [0, {vocab}) or {ignore_index}; got {tv.min().item()}..{tv.max().item()}")
+        return cls((h if dense else h.index_select(0, idx)).to(w.dtype), tv - start, idx, dense)
+
+    def logits(self, w: torch.Tensor, c0: int, c1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits of vocabulary columns ``[c0, c1)`` and each token's target column in them (-1: not there)."""
+        t = self.target - c0
+        return self.hidden @ w[c0:c1].t(), torch.where((t >= 0) & (t < c1 - c0), t, -1)
+
+    def scatter(self, acc: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """``dh`` shaped and typed like ``h`` from the fp32 gradient rows of the labelled tokens."""
+        if self.dense and h.dtype == torch.float32:
+            return acc
+        dh = torch.empty_like(h) if self.dense else torch.zeros_like(h)
+        for r0 in range(0, self.n, ROWS):  # bounded low-precision temporary
+            part = acc[r0:r0 + ROWS].to(h.dtype)
+            if self.dense:
+                dh[r0:r0 + ROWS] = part
+            else:
+                dh.index_copy_(0, self.index[r0:r0 + ROWS], part)
+        return dh
+
+
+def _logsumexp(tokens: _Tokens, w: torch.Tensor, chunks: list[tuple[int, int]], row_stats: Any, opts: Options,
+               shard: VocabShard | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pass 1: every token's logsumexp, target logit and logit sum (over all shards' vocabularies)."""
+    device = w.device
+    m = torch.full((tokens.n,), float("-inf"), dtype=torch.float32, device=device)
+    s = torch.zeros(tokens.n, dtype=torch.float32, device=device)
     zt = torch.zeros_like(s)
     zs = torch.zeros_like(s)
     for c0, c1 in chunks:
-        z, tc = logits(c0, c1)
+        z, tc = tokens.logits(w, c0, c1)
         cm, cs, czt, czs = row_stats(z, tc, opts.softcap)
         del z
         m_new = torch.maximum(m, cm)
@@ -207,52 +278,16 @@ def _forward_backward(
         rest = torch.stack([s * torch.exp(m_local - m), zt, zs])
         dist.all_reduce(rest, group=shard.group)
         s, zt, zs = rest[0], rest[1], rest[2]
-    lse = m + torch.log(s)
-    token = (lse - zt) * (1.0 - eps)
-    if eps:
-        token = token + (lse - zs / vocab) * eps
-    if zl:
-        token = token + lse * lse * zl
-    loss = token.sum() * scale
+    return m + torch.log(s), zt, zs
 
-    # pass 2: gradients
-    dw = torch.empty_like(w) if grad_w else None
-    if dw is not None and not chunks:
-        dw.zero_()
-    acc = None
-    if grad_h:
-        acc = torch.zeros(n, h.shape[1], dtype=torch.float32, device=h.device)
-    if grad_h or grad_w:
-        lse = lse.contiguous()
-        for c0, c1 in chunks:
-            z, tc = logits(c0, c1)
-            g = row_grad_(z, tc, lse, scale, opts.softcap, 1.0 - eps, eps / vocab, zl)
-            if dw is not None:
-                torch.mm(g.t(), hv, out=dw[c0:c1])
-            if acc is not None:
-                if g.dtype == torch.float32:
-                    acc.addmm_(g, w[c0:c1])
-                else:
-                    for r0 in range(0, n, ROWS):  # bounded low-precision temporary
-                        acc[r0:r0 + ROWS] += g[r0:r0 + ROWS] @ w[c0:c1]
-            del g, z
-    hv = None  # noqa: F841 - free the gathered hidden states before dh is assembled
-    dh = None
-    if acc is not None:
-        if shard is not None and shard.reduce_hidden_grad:
-            dist.all_reduce(acc, group=shard.group)
-        if dense and h.dtype == torch.float32:
-            dh = acc
-        else:
-            dh = torch.empty_like(h) if dense else torch.zeros_like(h)
-            for r0 in range(0, n, ROWS):
-                part = acc[r0:r0 + ROWS].to(h.dtype)
-                if dense:
-                    dh[r0:r0 + ROWS] = part
-                else:
-                    dh.index_copy_(0, idx[r0:r0 + ROWS], part)
-        del acc
-    return loss, dh, dw
+
+def _accumulate(acc: torch.Tensor, g: torch.Tensor, w_chunk: torch.Tensor) -> None:
+    """``acc += g @ w_chunk`` in fp32 (a low-precision ``g`` in bounded row blocks)."""
+    if g.dtype == torch.float32:
+        acc.addmm_(g, w_chunk)
+    else:
+        for r0 in range(0, g.shape[0], ROWS):
+            acc[r0:r0 + ROWS] += g[r0:r0 + ROWS] @ w_chunk
 
 
 class _FusedLinearCE(torch.autograd.Function):
