@@ -74,6 +74,7 @@ class ExpertParallel:
         layers = find_moe_layers(hf)
         names = tuple(mesh.mesh_dim_names or ())
         shard_mesh = mesh["dp_shard"] if "dp_shard" in names else None
+        full_bytes = local_bytes = 0
         for layer in layers:
             experts = layer.experts
             if layer.num_experts % size:
@@ -82,6 +83,8 @@ class ExpertParallel:
                 p = getattr(experts, pname)
                 dt = distribute_tensor(p.data, ep_mesh, [Shard(0)], src_data_rank=None)
                 experts.register_parameter(pname, nn.Parameter(dt, requires_grad=p.requires_grad))
+                full_bytes += p.numel() * p.element_size()
+                local_bytes += dt.to_local().numel() * p.element_size()
             experts._automodel_ep = EPState(ep_mesh.get_group(), size, ep_mesh.get_local_rank(), layer.num_experts,
                                             grad_scale=1.0 / size)
             experts.forward = MethodType(ep_forward, experts)
@@ -90,7 +93,8 @@ class ExpertParallel:
         if ctx.is_main:
             n = layers[0].num_experts
             print(f"ep: {len(layers)} MoE layers, {n} experts each, {n // size} per rank over {size} ranks "
-                  f"(all-to-all dispatch){', experts FSDP-sharded over dp_shard' if shard_mesh is not None and shard_mesh.size() > 1 else ''}",
+                  f"(all-to-all dispatch){', experts FSDP-sharded over dp_shard' if shard_mesh is not None and shard_mesh.size() > 1 else ''}; "
+                  f"expert weights {local_bytes / 2**20:.2f} MiB per ep rank ({full_bytes / 2**20:.2f} MiB unsharded)",
                   flush=True)
         return model
 

@@ -15,7 +15,8 @@ class MoE:
     * ``aux_loss_weight``: weight of the Switch-Transformer load-balancing loss
       ``num_experts * sum_e f_e * P_e`` (``f_e``: share of the top-k assignments routed to expert
       ``e``, ``P_e``: mean router probability of ``e``; computed over the whole global micro-batch,
-      all data-parallel ranks together, averaged over MoE layers and micro-batches). Its gradient is
+      all data-parallel ranks together, padding left out; summed over MoE layers, averaged over
+      micro-batches). Its gradient is
       added in backward; the logged ``loss`` stays the language-model loss and the (unweighted)
       load-balancing loss is logged apart as ``moe_aux_loss``. ``None`` (default): the model config's
       ``router_aux_loss_coef`` (0.0 when it has none); ``0``: off (statistics still logged).
@@ -135,10 +136,10 @@ class MoE:
         if not self.stats or not w["aux_n"]:
             return {}
         counts = w["counts"]
-        per_layer = w["aux_n"]
+        forwards = max(w["aux_n"] / len(self.layers), 1)  # router calls / MoE layers
         balanced = float(counts.sum()) / len(counts)
         out = {
-            "moe_aux_loss": w["aux"] / per_layer,
+            "moe_aux_loss": w["aux"] / forwards,
             "moe_aux_loss_weight": self.aux_loss_weight,
             "moe_tokens_per_expert_min": float(counts.min()) / balanced if balanced else 0.0,
             "moe_tokens_per_expert_max": float(counts.max()) / balanced if balanced else 0.0,
