@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from automodel_ray.launcher import RayLaunchError
+from automodel_ray.launcher import JOB_ENV, RayLaunchError
 
 
 def submit(launcher: Any, job: Any) -> int:
@@ -20,6 +20,7 @@ def submit(launcher: Any, job: Any) -> int:
                              "    -> the dashboard of the cluster serves it (ray start --head --dashboard-host ...; "
                              "port 8265 by default): set launcher.job_address=http://<head>:8265") from e
     env = launcher.runtime_env(job)
+    env["env_vars"][JOB_ENV] = "1"
     entrypoint = launcher.entrypoint(job)
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env=env,
                                metadata={"automodel_output_dir": str(job.config["output_dir"])})

@@ -36,6 +36,8 @@ from automodel_ray import __version__
 Strategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESOURCE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")
+#: Set in the runtime env of a job mode submission: the entrypoint runs inside a Ray job.
+JOB_ENV = "AUTOMODEL_RAY_JOB"
 #: Resource names that have keys of their own.
 _BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 
@@ -106,7 +108,9 @@ class RayLauncher:
 
     def runtime_env(self, job: Any) -> dict[str, Any]:
         """The runtime environment of the workers (and of the job's driver in job mode)."""
-        env = {"AUTOMODEL_LAUNCHED": "1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **{k: str(v) for k, v in (self.env or {}).items()}}
+        # no AUTOMODEL_LAUNCHED here: a job's driver (job mode) gets this env too and must launch; the
+        # workers set it themselves. Ray Train's print patch would print every line twice (and dill's capture)
+        env = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **{k: str(v) for k, v in (self.env or {}).items()}}
         if not self.working_dir:  # local plugin modules are importable from where the user launched
             env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
         out: dict[str, Any] = {"env_vars": env}
@@ -225,8 +229,9 @@ class RayLauncher:
         os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
         import ray
 
-        kwargs: dict[str, Any] = {"runtime_env": self.runtime_env(job), "logging_level": "WARNING",
-                                  "configure_logging": True}
+        kwargs: dict[str, Any] = {"logging_level": "WARNING", "configure_logging": True}
+        if os.environ.get(JOB_ENV) != "1":  # a job's driver: the job's runtime env (the same) applies already
+            kwargs["runtime_env"] = self.runtime_env(job)
         address = self.address
         if address == "local":
             need = self.num_workers * float(self.cpus_per_worker)
