@@ -265,3 +265,12 @@ def test_ray_job_mode_returns_the_job_id_and_trains(ray_cluster: dict[str, str],
     assert "ray: finished in" in logs
     assert losses(tmp_path / "job") == reference
     print(f"job {job_id}: submitted in {submitted:.1f} s, done after {time.monotonic() - t0:.1f} s")
+
+
+def test_ray_name_override_on_a_local_config(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """``launcher.name=ray`` on a config written for ``local``: its nproc_per_node is the number of workers."""
+    cfg = cfg_file(tmp_path, tiny_model_dir, "swap", {"name": "local", "nproc_per_node": 2})
+    out = run_cli("run", cfg, "launcher.name=ray", "--dry-run", cwd=tmp_path)
+    assert "workers:     2 worker(s) x {CPU=1}, placement PACK, max_failures=0" in out.stdout, out.stdout
+    bad = run_cli("run", cfg, "launcher.name=ray", "launcher.num_workers=3", "--dry-run", cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and "launcher.num_workers: num_workers (3) and nproc_per_node (2" in bad.stderr, bad.stderr

@@ -54,7 +54,9 @@ class RayLauncher:
         address: which cluster. ``local`` (default): start a Ray instance inside ``automodel run`` (a laptop
             cluster, gone when the run ends); ``auto``: ``$RAY_ADDRESS`` or the cluster ``ray start`` runs on
             this machine; ``host:port``: a cluster's GCS address; ``ray://host:10001``: through Ray Client.
-        num_workers: training processes (Ray Train workers); the world size.
+        num_workers: training processes (Ray Train workers); the world size. Unset: ``nproc_per_node``, else 1.
+        nproc_per_node: the ``local`` launcher's key, accepted so that ``launcher.name=ray`` works on a config
+            written for ``local`` (``{name: local, nproc_per_node: 2}`` -> 2 workers).
         cpus_per_worker: logical CPUs each worker reserves.
         gpus_per_worker: GPUs each worker reserves (0: train on CPU with gloo; > 0: nccl).
         resources_per_worker: custom resources each worker reserves, e.g. ``{accelerator_type:H100: 0.001}``.
@@ -73,7 +75,8 @@ class RayLauncher:
     """
 
     address: str = "local"
-    num_workers: int = 1
+    num_workers: int | None = None
+    nproc_per_node: int | None = None
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     resources_per_worker: dict[str, float] | None = None
@@ -92,6 +95,7 @@ class RayLauncher:
         if problems:
             key, message, hint = problems[0]
             raise RayLaunchError(f"launcher.{key}: {message}" + (f"\n    -> {hint}" if hint else ""))
+        self.num_workers = self.num_workers or self.nproc_per_node or 1
 
     @property
     def world_size(self) -> int:
@@ -298,9 +302,14 @@ class RayLauncher:
     def validate_args(args: dict[str, Any]) -> list[tuple[str, str, str]]:
         """Checks beyond types, run by ``automodel validate`` / ``run`` before anything connects or starts."""
         problems: list[tuple[str, str, str]] = []
-        n = args.get("num_workers", 1)
-        if isinstance(n, int) and n < 1:
-            problems.append(("num_workers", f"must be >= 1, got {n}", ""))
+        for key in ("num_workers", "nproc_per_node"):
+            n = args.get(key)
+            if isinstance(n, int) and n < 1:
+                problems.append((key, f"must be >= 1, got {n}", ""))
+        n, p = args.get("num_workers"), args.get("nproc_per_node")
+        if isinstance(n, int) and isinstance(p, int) and n != p:
+            problems.append(("num_workers", f"num_workers ({n}) and nproc_per_node ({p}, the local launcher's key) disagree",
+                             "give one of them"))
         for key in ("cpus_per_worker", "gpus_per_worker"):
             v = args.get(key)
             if isinstance(v, (int, float)) and v < 0:
