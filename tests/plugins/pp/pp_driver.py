@@ -1,0 +1,60 @@
+"""Several training runs in ONE torchrun launch (the launch, not the runs, is what costs time on CPU).
+
+    torchrun --nproc_per_node N pp_driver.py OUT.json BASE.yaml NAME=OVERRIDE[;OVERRIDE...] ...
+
+Each NAME trains the config BASE.yaml with its overrides (';'-separated) in this process group, one
+after the other; rank 0 writes {NAME: [loss per step], ...} plus per-run timings and peak memory to OUT.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+from automodel import config as config_mod
+from automodel.plugins import load_plugins
+from automodel.testing import read_metrics
+from automodel.train import Trainer
+
+
+def main() -> None:
+    if os.environ.get("PP_HANG_S"):  # a hang becomes every thread's traceback and exit, not a stuck test
+        import faulthandler
+
+        faulthandler.dump_traceback_later(float(os.environ["PP_HANG_S"]), exit=True)
+    out_path, base, runs = sys.argv[1], sys.argv[2], sys.argv[3:]
+    # one process group for every run: re-creating it under torchrun's store is not supported
+    import torch.distributed as dist
+
+    destroy, dist.destroy_process_group = dist.destroy_process_group, lambda *a, **k: None
+    plugins = load_plugins()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    results = {}
+    for spec in runs:
+        name, _, overrides = spec.partition("=")
+        raw = config_mod.load(base, [o for o in overrides.split(";") if o])
+        validated = config_mod.validate(raw, plugins, base, world_size=world, run_targets=True)
+        start = time.perf_counter()
+        trainer = Trainer(validated.config, plugins, validated.layout)
+        pp = next((p for p in validated.layout.parallelizers if p.dim == "pp"), None)
+        trainer.run()
+        wall = time.perf_counter() - start
+        if int(os.environ.get("RANK", "0")) == 0:
+            metrics = read_metrics(validated.config["output_dir"])
+            results[name] = {
+                "loss": [m["loss"] for m in metrics], "grad_norm": [m["grad_norm"] for m in metrics],
+                "wall_s": wall, "schedule_s": [t["schedule_s"] for t in pp.timings] if pp is not None else [],
+                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            }
+    if int(os.environ.get("RANK", "0")) == 0:
+        with open(out_path, "w") as f:
+            json.dump(results, f, indent=1)
+    if dist.is_initialized():
+        destroy()
+
+
+if __name__ == "__main__":
+    main()
