@@ -23,6 +23,7 @@ from automodel.contracts import Factory, Launcher, Parallelizer, member
 from automodel.errors import AutomodelError, ConfigError, Problem, did_you_mean
 from automodel.kinds import KINDS as KIND_RECORDS
 from automodel.mesh import Layout, plan_layout
+from automodel.plan import Plan
 from automodel.profiler import Profile
 from automodel.registry import KINDS, import_target
 from automodel.state import StepScheduler
@@ -65,6 +66,7 @@ SECTIONS: dict[str, Any] = {
        for k in KIND_RECORDS for s in k.sections},
     "step_scheduler": StepScheduler,
     "profile": Profile,
+    "plan": Plan,
 }
 
 #: The layout of a multi-process run whose config names no parallelizer: plain data parallelism.

@@ -93,12 +93,15 @@ class Transform(Protocol):
     * ``init_weights(model, full_size)``: initialize the weights no file holds, after loading (meta only).
     * ``metrics() -> dict``: numbers merged into every logged step (``compile``: ``compile_s``,
       ``recompiles``); a ``compile_s`` (cumulative seconds spent compiling) is kept out of ``tokens_per_s``.
+    * ``plan_memory(model, ctx) -> {name: bytes}`` and ``plan_unsupported`` (text): see :data:`PLAN_MEMBERS`.
     """
 
     export: Callable[..., None] | None = None
     checkpoint_key: Callable[[str], str | None] | None = None
     init_weights: Callable[..., None] | None = None
     metrics: Callable[[], dict[str, Any]] | None = None
+    plan_memory: Callable[[Any, Any], dict[str, int]] | None = None
+    plan_unsupported: str | None = None
 
     def apply(self, model: Any, ctx: Any) -> Any: ...
 
@@ -135,6 +138,7 @@ class Parallelizer(Protocol):
       parameters this rank holds, with ``params.names``) to a total norm over the whole model, and return
       that norm (a 0-d tensor), instead of ``torch.nn.utils.clip_grad_norm_`` over this rank's parameters
       (a pipeline stage holds only part of the model). Only used together with ``forward_backward``.
+    * ``plan_memory(model, ctx) -> {name: bytes}`` and ``plan_unsupported`` (text): see :data:`PLAN_MEMBERS`.
     """
 
     dim: str
@@ -145,6 +149,8 @@ class Parallelizer(Protocol):
     validate_model: Callable[[dict[str, Any]], list[tuple[str, str]]] | None = None
     forward_backward: Callable[..., Any] | None = None
     clip_grad_norm: Callable[[Any, float], Any] | None = None
+    plan_memory: Callable[[Any, Any], dict[str, int]] | None = None
+    plan_unsupported: str | None = None
 
     def apply(self, model: Any, mesh: Any, ctx: Any) -> Any: ...
 
@@ -152,6 +158,19 @@ class Parallelizer(Protocol):
 # --------------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------------
+
+
+#: How a transform, parallelizer or loss takes part in ``automodel plan`` (docs/plan.md), beyond what the
+#: plan measures itself (it runs one training step of the built model on fake tensors, so most
+#: components need nothing):
+#:
+#: * ``plan_memory(model, ctx) -> {name: bytes}``: memory per rank the fake step cannot see (a teacher
+#:   model a loss loads in ``setup``, which the plan does not run; communication buffers outside torch);
+#:   called after the step with the fake model and the plan's Context (``ctx.extras["plan"]`` is True).
+#:   Each entry is added to the peak and printed with its name.
+#: * ``plan_unsupported``: text saying what the plan cannot estimate for this component; printed as
+#:   ``not estimated: ...`` (never guessed).
+PLAN_MEMBERS = ("plan_memory", "plan_unsupported")
 
 
 #: What the loop can pass a loss, by keyword. A loss receives only the names its ``__call__`` accepts
@@ -186,10 +205,17 @@ class Loss(Protocol):
     * ``setup(model, ctx) -> None``: called once on every rank after the model is built, transformed
       and parallelized and the data is set up (``ctx.total_steps`` is known), before the optimizer is
       built (a distillation loss loads its teacher here).
+    * ``plan_stand_in() -> Loss``: a loss ``automodel plan`` runs in this one's place, with the same
+      memory behaviour, for a loss whose kernels cannot run on fake tensors (``triton_ce`` returns its
+      pure-PyTorch twin ``chunked_ce``).
+    * ``plan_memory(model, ctx) -> {name: bytes}`` and ``plan_unsupported`` (text): see :data:`PLAN_MEMBERS`.
     """
 
     uses_hidden_states: bool = False
     setup: Callable[[Any, Any], None] | None = None
+    plan_stand_in: Callable[[], Any] | None = None
+    plan_memory: Callable[[Any, Any], dict[str, int]] | None = None
+    plan_unsupported: str | None = None
 
     def __call__(self, *, labels: Any, num_label_tokens: Any, logits: Any = None, hidden_states: Any = None,
                  lm_head_weight: Any = None, batch: Any = None, model: Any = None, ctx: Any = None) -> Any: ...

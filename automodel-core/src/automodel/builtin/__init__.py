@@ -58,9 +58,10 @@ def register_lr_schedulers(register):
 
 @hookimpl
 def register_commands(cli):
-    from automodel.builtin.commands import lr_curve_command
+    from automodel.builtin.commands import lr_curve_command, plan_command
 
     lr_curve_command(cli)
+    plan_command(cli)
 
 
 @hookimpl

@@ -68,3 +68,66 @@ def lr_curve_command(cli: click.Group) -> None:
         click.echo(f"lr_scheduler {name}({args}) over {total} steps, optimizer.lr {lr:g} "
                    f"(groups with an lr multiplier scale it): min {min(lrs):.3e}, max {max(lrs):.3e}, last {lrs[-1]:.3e}")
         click.echo(format_curve(lrs, points))
+
+
+def plan_command(cli: click.Group) -> None:
+    from automodel.cli import plugin_option
+
+    @cli.command(name="plan", context_settings={"ignore_unknown_options": True})
+    @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+    @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+    @click.option("--world-size", type=int, default=None, metavar="N",
+                  help="Processes to plan for (default: the launcher's, e.g. nproc_per_node x nodes).")
+    @click.option("--device", "device", default=None, metavar="NAME",
+                  help="The accelerator to plan for (H100-80GB, A100-40GB, ...; same as plan.device=NAME).")
+    @click.option("--memory-gb", type=float, default=None, metavar="G", help="Usable memory per device in GiB (plan.memory_gb).")
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    @plugin_option
+    def plan(config_path: str, overrides: tuple[str, ...], world_size: int | None, device: str | None,
+             memory_gb: float | None, as_json: bool, plugin_modules: tuple[str, ...]) -> None:
+        """Estimate CONFIG's per-rank peak memory (parameters, gradients, optimizer state, activations,
+        loss/logits, temporaries), FLOPs and step time, without weights, GPU or network: one training step
+        on fake tensors with a fake process group. Exit 0 when it fits (or no device is given), 3 when not.
+
+        \b
+        automodel plan examples/recipes/llama3.2-1b-full.yaml --device H100-80GB
+        automodel plan cfg.yaml --world-size 8 parallel.0.size=8 --json
+        """
+        import json
+
+        from automodel.plan import advice, format_report
+
+        overrides = tuple(overrides) + ((f"plan.device={device}",) if device else ()) + \
+            ((f"plan.memory_gb={memory_gb}",) if memory_gb is not None else ())
+        est, cfg = run_plan(config_path, overrides, plugin_modules, world_size)
+        if as_json:
+            out = est.to_json()
+            out["advice"] = advice(est, cfg) if est.fits is False else []
+            click.echo(json.dumps(out, indent=2))
+        else:
+            click.echo(format_report(est))
+            if est.fits is False:
+                click.echo("to make it fit:\n" + "\n".join(f"  - {a}" for a in advice(est, cfg)))
+        if est.fits is False:
+            raise SystemExit(3)
+
+
+def run_plan(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str, ...], world_size: int | None) -> Any:
+    """(Estimate, resolved config) of CONFIG for ``world_size`` processes (default: the launcher's)."""
+    from automodel.cli import _prepare
+
+    validated, plugins = _prepare(config_path, overrides, plugin_modules, world_size=world_size)
+    n = world_size or (validated.layout.plan.world_size if validated.layout is not None and validated.layout.plan else 1)
+    return plan_validated(validated, plugins, n), validated.config
+
+
+def plan_validated(validated: Any, plugins: Any, world_size: int) -> Any:
+    import contextlib
+    import sys
+
+    from automodel.estimate import estimate
+    from automodel.runtime import quiet_libraries
+
+    quiet_libraries()
+    with contextlib.redirect_stdout(sys.stderr):  # components' progress lines: stdout is the plan (or its JSON)
+        return estimate(validated.config, plugins, validated.layout, world_size=world_size)

@@ -53,6 +53,15 @@ class FusedLinearCrossEntropy:
             problems.append(("chunk_size", f"must be a positive number of vocabulary entries or null, got {chunk}", "leave it null to size chunks automatically"))
         return problems
 
+    def plan_stand_in(self) -> Any:
+        """``automodel plan`` runs on fake tensors, which Triton kernels cannot read: the pure-PyTorch twin
+        (same options, same chunks) stands in for the estimate."""
+        from dataclasses import replace
+
+        twin = ChunkedCrossEntropy.__new__(ChunkedCrossEntropy)
+        twin.options = replace(self.options, backend="torch")
+        return twin
+
     def __call__(self, *, labels: Any, num_label_tokens: Any = None, logits: Any = None, hidden_states: Any = None,
                  lm_head_weight: Any = None, **_: Any) -> Any:
         from automodel_triton_ce.fused import fused_linear_cross_entropy
@@ -69,3 +78,4 @@ class ChunkedCrossEntropy(FusedLinearCrossEntropy):
     """The same fused linear cross-entropy in plain PyTorch ops (no Triton): same options, same results."""
 
     backend = "torch"
+    plan_stand_in = None  # runs on fake tensors itself
