@@ -82,7 +82,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("checkpointers", "register_checkpointers", "checkpointer", (Section("checkpoint", {"name": "default"}),),
          "checkpointer", supplied=("ctx",), contract="Checkpointer", aliases=("checkpointers", "checkpoint")),
     Kind("launchers", "register_launchers", "launcher", (Section("launcher", {"name": "local"}),), "launcher",
-         contract="Launcher", aliases=("launchers",), first_party={"slurm": "automodel-slurm"}),
+         contract="Launcher", aliases=("launchers",), first_party={"slurm": "automodel-slurm", "ray": "automodel-ray"}),
     Kind("loggers", "register_loggers", "logger",
          (Section("loggers", ({"name": "console"}, {"name": "jsonl"}), many=True),), "logger",
          supplied=("ctx",), contract="Logger", aliases=("loggers",), first_party={"wandb": "automodel-wandb", "tensorboard": "automodel-tensorboard", "mlflow": "automodel-mlflow"}),
