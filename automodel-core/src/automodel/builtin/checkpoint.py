@@ -34,7 +34,14 @@ from automodel.builtin.checkpoint_files import (
     verify,
     write_atomic,
 )
-from automodel.builtin.fingerprint import check_identity, config_changes, config_record, fingerprint, model_identity
+from automodel.builtin.fingerprint import (
+    check_identity,
+    config_changes,
+    config_record,
+    fingerprint,
+    model_identity,
+    whole_model_shapes,
+)
 from automodel.builtin.hf_export import export_hf
 
 #: errno values of a save that ran out of room: full disk, quota, file-size limit (RLIMIT_FSIZE)
@@ -191,14 +198,14 @@ class Checkpointer:
         # trainable parameters only: frozen ones do not change between saves (and quantized frozen bases,
         # such as torchao's NF4 tensors, have no isfinite)
         named = [(n, p.to_local() if hasattr(p, "to_local") else p) for n, p in model.named_parameters() if p.requires_grad]
-        if not named:
-            return
         with torch.no_grad():
-            bad = torch.stack([~torch.isfinite(p).all() for _, p in named]).to(torch.int32)
-        flags = runtime.all_reduce(bad, "max").tolist()
-        if not any(flags):
+            bad = (torch.stack([~torch.isfinite(p).all() for _, p in named]).to(torch.int32) if named
+                   else torch.zeros(1, dtype=torch.int32, device=self.ctx.device))
+        # one flag per rank (ranks may hold different parameters: pipeline stages), then the names
+        if not int(runtime.all_reduce(bad.max().reshape(1), "max")):
             return
-        names = [n for (n, _), f in zip(named, flags) if f]
+        mine = [n for (n, _), f in zip(named, bad.tolist()) if f]
+        names = [n for part in self._gather(mine) for n in part]
         good = self.steps()
         where = (f"the newest finite checkpoint is step {good[-1]} ({self.dir / f'step_{good[-1]}'}): resume from it "
                  "(checkpoint.resume=auto picks it) after finding the cause" if good else "no checkpoint was saved before it")
@@ -295,11 +302,12 @@ class Checkpointer:
         # each rank checksums the files it wrote (DCP names them __<rank>_<i>.distcp), in parallel
         mine = {p.name: crc32(p) for p in tmp.iterdir() if p.name.startswith(f"__{ctx.rank}_") or p == rank_file}
         crcs = self._gather(mine)
+        shapes = whole_model_shapes(sd["model"])  # collective: pipeline stages hold parts of the model
 
         if ctx.is_main:
             (tmp / "config.yaml").write_text(config_mod.dump(ctx.config))  # credentials redacted
             fsync(tmp / "config.yaml")
-            identity = model_identity(state, ctx.config, sd["model"])
+            identity = model_identity(state, ctx.config, sd["model"], shapes)
             files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
             checksums = {name: crc for part in crcs for name, crc in part.items()}
             checksums.update({name: crc32(tmp / name) for name in files if name not in checksums})
@@ -473,9 +481,14 @@ class Checkpointer:
             fresh = [{k: v for k, v in g.items() if k != "params"} for g in state["optimizer"].param_groups]
             fresh_base = list(getattr(state.get("lr_scheduler"), "base_lrs", []) or []) or None
             _reader(path).read_metadata()  # data only: a planted pickle is refused here, by name
+            # which parameters each group holds is this run's: a checkpoint written by pipeline stages
+            # (automodel-pp) stores rank 0's lists only (the hyperparameters come from the checkpoint)
+            own_params = [g.get("params") for g in sd["optimizer"].get("param_groups", [])]
             try:
                 with quiet_single_process():
                     dcp.load(sd, storage_reader=_reader(path), planner=_planner())
+                for group, params in zip(sd["optimizer"].get("param_groups", []), own_params):
+                    group["params"] = params
             except UnsafeCheckpoint:
                 raise
             except (Exception, dcp.api.CheckpointException) as e:

@@ -17,15 +17,33 @@ _TRAINING_ONLY_KEYS = {  # model config fields that do not change what the weigh
 }
 
 
-def model_identity(state: dict[str, Any], config: dict[str, Any], model_sd: dict[str, Any]) -> dict[str, Any]:
-    """What must match to resume: the architecture config, the transforms' names, every parameter's name and shape."""
+def whole_model_shapes(model_sd: dict[str, Any]) -> dict[str, list[int]]:
+    """Every parameter's name and shape over all ranks (collective when distributed): a pipeline stage
+    (automodel-pp) holds only part of the model, and the identity is the whole model's."""
+    from automodel import runtime
+
+    shapes = {k: list(v.shape) for k, v in sorted(model_sd.items()) if hasattr(v, "shape")}
+    if runtime.distributed():
+        import torch.distributed as dist
+
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, shapes)
+        shapes = dict(sorted({k: v for part in parts for k, v in part.items()}.items()))
+    return shapes
+
+
+def model_identity(state: dict[str, Any], config: dict[str, Any], model_sd: dict[str, Any],
+                   shapes: dict[str, list[int]] | None = None) -> dict[str, Any]:
+    """What must match to resume: the architecture config, the transforms' names, every parameter's name and
+    shape (``shapes``: from :func:`whole_model_shapes`; default: this rank's ``model_sd``)."""
     hf_config = getattr(unwrap(state["model"]), "config", None)
     arch = hf_config.to_dict() if hasattr(hf_config, "to_dict") else {}
     arch = {k: v for k, v in sorted(arch.items()) if k not in _TRAINING_ONLY_KEYS and not k.startswith("_")}
     # the transforms by name (the plugin set that shapes the parameters); their settings may change on
     # resume (LoRA dropout, say) unless they change a parameter shape, which ``shapes`` catches
     transforms = [t.get("name", t.get("_target_")) for t in config.get("transforms") or []]
-    shapes = {k: list(v.shape) for k, v in sorted(model_sd.items()) if hasattr(v, "shape")}
+    if shapes is None:
+        shapes = {k: list(v.shape) for k, v in sorted(model_sd.items()) if hasattr(v, "shape")}
     return json.loads(json.dumps({"model": arch, "transforms": transforms, "shapes": shapes}, default=str))
 
 
@@ -50,7 +68,7 @@ def check_identity(path: Path, model: Any, config: dict[str, Any], model_sd: dic
     """The checkpoint's ``meta.json`` when the model matches the one that wrote it; else a
     :class:`CheckpointError` that starts with ``refusal``, lists the differences and ends with ``hint``."""
     meta = read_meta(path)
-    current = model_identity({"model": model}, config, model_sd)
+    current = model_identity({"model": model}, config, model_sd, whole_model_shapes(model_sd))
     if meta.get("fingerprint") != fingerprint(current):
         lines = "\n".join(f"  - {d}" for d in _differences(meta.get("identity", {}), current))
         raise CheckpointError(f"{refusal}:\n{lines}" + (f"\n    -> {hint}" if hint else ""))

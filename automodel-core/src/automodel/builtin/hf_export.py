@@ -25,6 +25,15 @@ def export_hf(model: Any, tokenizer: Any, out_dir: str | Path, ctx: Any) -> Path
     out = Path(out_dir)
     sd = get_model_state_dict(model)
     sharded = any(type(v).__name__ == "DTensor" for v in sd.values())
+    if runtime.distributed() and not sharded:  # pipeline stages (automodel-pp): each rank holds other weights
+        import torch.distributed as dist
+
+        keys: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(keys, sorted(sd))
+        partial = any(k != keys[0] for k in keys)
+        if partial and getattr(unwrap(model).config, "tie_word_embeddings", False):
+            sd.pop("lm_head.weight", None)  # the same values as the first stage's embed_tokens: written once
+        sharded = partial
     if sharded:
         # Tied weights (embed_tokens / lm_head) are one parameter under two names: write it once,
         # under its first name, as save_pretrained does; from_pretrained ties it again.
@@ -76,9 +85,17 @@ def export_sharded(sd: dict[str, Any], out: Path, ctx: Any, shard_bytes: int = 2
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
+    from automodel import runtime
+
+    entries = {name: t.numel() * t.element_size() for name, t in sd.items()}
+    if runtime.distributed():  # one file layout on every rank, also when ranks hold other weights (pipeline stages)
+        import torch.distributed as dist
+
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, entries)
+        entries = {name: nbytes for part in parts for name, nbytes in part.items()}
     mapping, index, size = {}, 1, 0
-    for name, t in sd.items():
-        nbytes = t.numel() * t.element_size()
+    for name, nbytes in entries.items():
         if size and size + nbytes > shard_bytes:
             index, size = index + 1, 0
         mapping[name], size = index, size + nbytes
