@@ -19,6 +19,7 @@ MIXTRAL = {"model_type": "mixtral", "vocab_size": VOCAB_SIZE, "hidden_size": 32,
            "eos_token_id": 2, "pad_token_id": 0}
 STEPS = 4
 MOE = [{"name": "moe", "aux_loss_weight": 0.01}]
+LORA = {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"], "allow_random_base": True}
 
 
 def _sched(local: int) -> dict:
@@ -40,9 +41,9 @@ def tokenizer(root: Path) -> Path:
 
 
 def _run(root: Path, name: str, tokenizer: Path, *flags: str, local: int = 8, checkpoint: dict | None = None,
-         check: bool = True, model: dict | None = None, **sections: object) -> tuple[Path, str, int]:
-    cfg = make_config(root / name, None, model={"name": "hf", "config": model or MIXTRAL, "tokenizer": str(tokenizer)},
-                      step_scheduler=_sched(local), transforms=MOE,
+         check: bool = True, transforms: list | None = None, **sections: object) -> tuple[Path, str, int]:
+    cfg = make_config(root / name, None, model={"name": "hf", "config": MIXTRAL, "tokenizer": str(tokenizer)},
+                      step_scheduler=_sched(local), transforms=transforms or MOE,
                       checkpoint={"export_hf": True, "save_final": False, **(checkpoint or {})}, **sections)
     proc = run_cli("run", cfg, *flags, cwd=root, check=check)
     return root / name / "run", proc.stdout + proc.stderr, proc.returncode
@@ -168,7 +169,7 @@ def test_load_balancing_gradient_and_router_freezing() -> None:
 def test_impossible_layouts_are_refused_before_launch(root: Path, tokenizer: Path) -> None:
     _, out, rc = _run(root, "no_fsdp2", tokenizer, check=False, parallel=[{"name": "ep", "size": 2}],
                       launcher={"name": "local", "nproc_per_node": 2})
-    assert rc == 2 and "needs fsdp2" in out and "process(es)" not in out, out
+    assert rc == 2 and "needs fsdp2" in out and "add {name: fsdp2}" in out and "process(es)" not in out, out
     _, out, rc = _run(root, "indivisible", tokenizer, check=False, **{**_ep(3), "parallel": [{"name": "ep", "size": 3}, {"name": "fsdp2"}]})
     assert rc == 2 and "number of experts (4) divisible by 3" in out and "process(es)" not in out, out
 
@@ -224,3 +225,17 @@ def test_one_process_checkpoint_resumes_at_ep2_x_dp2(root: Path, tokenizer: Path
                        checkpoint={"resume": str(step2), "export_hf": False}, **_ep(4))
     assert "mesh dp_shard=2 x ep=2" in out and "resumed from step 2" in out
     _same_steps(read_metrics(run), read_metrics(single[0]), [3, 4])
+
+
+def test_lora_on_attention_composes_with_ep2(root: Path, tokenizer: Path, single: tuple[Path, str]) -> None:
+    """LoRA adapters on attention, experts frozen and sharded over ep=2: the first step (same initial
+    weights and data) has the 1-process run's loss and routing; the adapter is what gets exported."""
+    run, out, _ = _run(root, "lora_ep2", tokenizer, local=4, transforms=[LORA, *MOE], checkpoint={"save_final": False},
+                       **_ep(2))
+    assert "ep: 2 MoE layers" in out and "lora: LoRA r=4" in out
+    got, want = read_metrics(run), read_metrics(single[0])
+    assert len(got) == STEPS and all(m["loss"] == m["loss"] for m in got)
+    for key in ("loss", "moe_aux_loss", "moe_tokens_per_expert_max"):
+        assert got[0][key] == pytest.approx(want[0][key], rel=1e-5), key
+    assert got[-1]["loss"] != pytest.approx(got[0]["loss"], rel=1e-6)  # the adapters train
+    assert (run / "hf" / "adapter_config.json").is_file()
