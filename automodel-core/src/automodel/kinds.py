@@ -69,7 +69,7 @@ KINDS: tuple[Kind, ...] = (
          first_party={"lora": "automodel-lora", "fp8": "automodel-fp8", "qlora": "automodel-qlora", "moe": "automodel-moe"}),
     Kind("parallelizers", "register_parallelizers", "parallelizer", (Section("parallel", (), many=True),), "parallelizer",
          contract="Parallelizer", aliases=("parallel", "parallelizers"),
-         first_party={"fsdp2": "automodel-fsdp2", "fsdp2_replicate": "automodel-fsdp2", "tp": "automodel-tp", "ep": "automodel-moe"}),
+         first_party={"fsdp2": "automodel-fsdp2", "fsdp2_replicate": "automodel-fsdp2", "tp": "automodel-tp", "ep": "automodel-moe", "pp": "automodel-pp"}),
     Kind("datasets", "register_datasets", "dataset", (Section("dataset"), Section("validation_dataset", optional=True)),
          "dataset", supplied=("ctx", "tokenizer"), contract="Dataset", aliases=("datasets",),
          first_party={"image_chat": "automodel-vlm"}),

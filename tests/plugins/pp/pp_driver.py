@@ -20,6 +20,21 @@ from automodel.testing import read_metrics
 from automodel.train import Trainer
 
 
+def state_bytes(trainer: Trainer) -> int:
+    """Bytes of this rank's parameters, gradients and optimizer state (local shards)."""
+    import torch
+
+    def size(t: torch.Tensor) -> int:
+        t = t.to_local() if hasattr(t, "to_local") else t
+        return t.numel() * t.element_size()
+
+    total = sum(size(p) for p in trainer.model.parameters())
+    total += sum(size(p.grad) for p in trainer.model.parameters() if p.grad is not None)
+    for state in trainer.optimizer.state.values():
+        total += sum(size(v) for v in state.values() if isinstance(v, torch.Tensor))
+    return total
+
+
 def main() -> None:
     if os.environ.get("PP_HANG_S"):  # a hang becomes every thread's traceback and exit, not a stuck test
         import faulthandler
@@ -42,12 +57,18 @@ def main() -> None:
         pp = next((p for p in validated.layout.parallelizers if p.dim == "pp"), None)
         trainer.run()
         wall = time.perf_counter() - start
+        mine = {"timings": pp.timings if pp is not None else [], "state_bytes": state_bytes(trainer),
+                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+        ranks = [mine]
+        if dist.is_initialized():
+            ranks = [None] * dist.get_world_size()
+            dist.all_gather_object(ranks, mine)
         if int(os.environ.get("RANK", "0")) == 0:
             metrics = read_metrics(validated.config["output_dir"])
             results[name] = {
                 "loss": [m["loss"] for m in metrics], "grad_norm": [m["grad_norm"] for m in metrics],
                 "wall_s": wall, "schedule_s": [t["schedule_s"] for t in pp.timings] if pp is not None else [],
-                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "ranks": ranks,
             }
     if int(os.environ.get("RANK", "0")) == 0:
         with open(out_path, "w") as f:

@@ -72,6 +72,7 @@ class Pipeline:
         self.pad_to_multiple = pad_to_multiple
         self.activation_checkpointing = activation_checkpointing
         self.applied = False
+        self.busy_s = 0.0
         self.timings: list[dict[str, float]] = []  # per step: seconds in the schedule (for bench_pp)
 
     @staticmethod
@@ -234,6 +235,10 @@ class Pipeline:
         key = (mb_rows, length, backward)
         if key not in self.runners:
             stages = [PipelineStage(self.stage_modules[s], s, self.n_stages, self.ctx.device, group=self.group) for s in self.mine]
+            for stage in stages:  # compute time of this rank's stages (the rest of a step is the bubble)
+                for method in ("forward_one_chunk", "backward_one_chunk", "backward_weight_one_chunk"):
+                    if hasattr(stage, method):
+                        setattr(stage, method, self._timed(getattr(stage, method)))
             cls = getattr(schedules, self.schedule_class)
             single = SCHEDULES[self.schedule][1] == 1
             self.runners[key] = cls(stages[0] if single else stages, n_micro, loss_fn=self._loss, scale_grads=False)
@@ -260,11 +265,12 @@ class Pipeline:
         args = (batch["input_ids"],) if self.first else ()
         target = idx if self.last else None
         losses: list[Any] = []  # one per micro-batch, on the last stage (as returned for backward)
-        start = time.perf_counter()
+        self.busy_s, start = 0.0, time.perf_counter()
         if backward:
             runner.step(*args, target=target, rows=idx, losses=losses)
             self._sync_tied_grads()
-            self.timings.append({"schedule_s": time.perf_counter() - start})
+            # bubble of this rank = 1 - busy_s / schedule_s (tests/benchmarks/bench_pp.py)
+            self.timings.append({"schedule_s": time.perf_counter() - start, "busy_s": self.busy_s})
         else:
             runner.eval(*args, target=target, rows=idx, losses=losses)
         self.batch = None
@@ -295,6 +301,15 @@ class Pipeline:
         return total
 
     # -- helpers ----------------------------------------------------------------------------------
+
+    def _timed(self, fn: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.busy_s += time.perf_counter() - start
+        return timed
 
     def _parts(self, stage: int) -> list[Any]:
         parts = [self.decoder.embed_tokens] if stage == 0 else []
