@@ -4,9 +4,9 @@
 
 Writes processor/ (tokenizer with an <image> token, CLIP image processor at 32x32 with P x P patches,
 chat template), data/train.jsonl + data/val.jsonl and their PNGs in data/images/: one large filled
-circle, square or triangle of one of four colours per 32x32 image (drawn at 4x and downsampled, so
-edges are anti-aliased), random size, position and background; every image is asked both questions
-(its colour and its shape) in two records. Deterministic: running it again writes identical files.
+circle, square or triangle (26-29 px wide, centred within 1 px) of one of four colours per 32x32 image
+(drawn at 4x and downsampled, so edges are anti-aliased) on a light random background; every image is
+asked both questions (its colour and its shape) in two records. Deterministic: running it again writes identical files.
 OUT_DIR defaults to this directory.
 """
 
@@ -19,7 +19,8 @@ from automodel_vlm.testing import save_processor, write_shapes
 HERE = Path(__file__).parent
 SIZE = 32  # the processor's image size
 SHAPES = {  # automodel_vlm.testing.draw arguments
-    "radius": (10.5, 12.0),  # half the shape's width, in pixels of 32: 21-24 px wide
+    "radius": (13.0, 14.5),  # half the shape's width, in pixels of 32: 26-29 px wide (a square's corners
+    # then differ from a circle's over whole patches; at 21-24 px circles and squares were mixed up)
     "jitter": 1.0,  # the centre moves up to this many pixels from the image's centre, each axis
     "scale": 4,  # drawn at 4 x 32 pixels, then downsampled: anti-aliased edges
 }
