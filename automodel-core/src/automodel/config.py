@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from automodel.contracts import Factory, Launcher, Parallelizer, member
-from automodel.errors import AutomodelError, ConfigError, Problem, did_you_mean
+from automodel.errors import AutomodelError, ConfigError, Problem, as_problems, did_you_mean
 from automodel.kinds import KINDS as KIND_RECORDS
 from automodel.mesh import Layout, plan_layout
 from automodel.plan import Plan
@@ -394,7 +394,7 @@ def custom_problems(factory: Callable[..., Any], args: dict[str, Any], key: str,
     positional = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)] if sig else []
     takes_config = sig is not None and (len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in sig.parameters.values()))
     found = check(dict(args), copy.deepcopy(config or {})) if takes_config else check(dict(args))
-    return [Problem(f"{key}.{sub}" if sub else key, message, hint or None) for sub, message, hint in found or []]
+    return as_problems(found, key)
 
 
 def _component_factory(
@@ -577,13 +577,13 @@ def _check_layout(cfg: dict[str, Any], plugins: Plugins, world_size: int | None)
     parallelizers = [build_component(plugins, "parallelizers", item) for item in cfg["parallel"]]
     names = [str(item.get("name") or item.get("_target_")) for item in cfg["parallel"]]
     layout, found = plan_layout(parallelizers, world_size, names)
-    problems = [Problem(key, message, hint) for key, message, hint in found]
+    problems = as_problems(found)
     if problems:
         return layout, problems
     for i, p in enumerate(parallelizers):
         check = member(p, Parallelizer, "validate_model")
         if check is not None:
-            problems += [Problem(f"parallel.{i}", message, hint) for message, hint in check(cfg["model"]) or []]
+            problems += as_problems(check(cfg["model"]), f"parallel.{i}")
     sched = StepScheduler(**cfg["step_scheduler"])
     dp_size = layout.plan.dp_size if layout.plan else None
     problems += [Problem(f"step_scheduler.{key}", message, hint or None) for key, message, hint in sched.problems(dp_size)]

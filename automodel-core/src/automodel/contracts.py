@@ -62,7 +62,8 @@ class Factory(Protocol):
       another. ``key`` is relative to the section and is reported with its prefix (``"gamma"`` in
       ``loss:`` is shown as ``loss.gamma``), ``""`` for the section itself. It runs only when the
       section's keys passed the signature checks (types, unknown and missing keys), so ``args`` are
-      well-typed.
+      well-typed. Each item may also be an :class:`automodel.errors.Problem` (key relative to the
+      section); :func:`automodel.errors.as_problems` turns either form into ``Problem`` objects.
     * ``path_args``: names of arguments that are local paths; the saved config holds them absolute.
     """
 
@@ -123,7 +124,7 @@ class Parallelizer(Protocol):
       (DDP replicates a plain module); :func:`automodel.mesh.plan_layout` refuses such combinations
       before launch, quoting the reason.
     * ``validate_model(model_cfg) -> [(message, hint), ...]``: checks of the ``model:`` section against
-      this layout (``size`` already resolved), run before launch.
+      this layout (``size`` already resolved), run before launch; items may also be ``Problem`` objects.
     * ``forward_backward(model, micro, loss, ctx, backward=True) -> loss_sum | None``: run the forward
       (and, with ``backward``, the backward) of one optimizer step over ``micro`` (this rank's
       micro-batches, on the device) instead of the loop's micro-batch loop: a pipeline schedule

@@ -29,6 +29,26 @@ class Problem:
         return f"{text}\n    -> {self.hint}" if self.hint else text
 
 
+def as_problems(found: Iterable[Problem | tuple[str, ...]] | None, key: str = "") -> list[Problem]:
+    """What a plugin's check returned, as :class:`Problem` objects under the config ``key``.
+
+    The one shape of a reported problem is ``Problem(key, message, hint)``; a check may also return the
+    tuples the contract allows: ``(sub_key, message, hint)`` from ``validate_args`` (``sub_key`` relative
+    to the section, ``""`` for the section itself) and ``(message, hint)`` from ``validate_model``.
+    Keys are joined to ``key`` (``"loss"`` + ``"gamma"`` -> ``"loss.gamma"``).
+    """
+    out = []
+    for item in found or []:
+        if isinstance(item, Problem):
+            sub, message, hint = item.key, item.message, item.hint
+        elif len(item) == 2:
+            (message, hint), sub = item, ""
+        else:
+            sub, message, hint = item
+        out.append(Problem(".".join(k for k in (key, sub) if k), message, hint or None))
+    return out
+
+
 class ConfigError(AutomodelError):
     """One or more problems in a config file, reported all at once."""
 

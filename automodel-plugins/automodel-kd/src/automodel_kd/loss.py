@@ -58,9 +58,9 @@ class KnowledgeDistillation:
         problems = self.validate_args(dict(teacher=teacher, kind=kind, temperature=temperature, kd_weight=kd_weight,
                                            beta=beta, chunk_size=chunk_size), None)
         if problems:
-            from automodel.errors import ConfigError, Problem
+            from automodel.errors import ConfigError, as_problems
 
-            raise ConfigError([Problem(f"loss.{k}", m, h) for k, m, h in problems])
+            raise ConfigError(as_problems(problems))  # keys relative to the section: built outside a config too
         from automodel_kd.fused import KDOptions
 
         self.teacher_spec = dict(teacher)

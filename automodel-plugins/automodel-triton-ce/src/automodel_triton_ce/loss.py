@@ -28,9 +28,9 @@ class FusedLinearCrossEntropy:
                  softcap: float | None = None, chunk_size: int | None = None):
         problems = self.validate_args(dict(label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, chunk_size=chunk_size))
         if problems:
-            from automodel.errors import ConfigError, Problem
+            from automodel.errors import ConfigError, as_problems
 
-            raise ConfigError([Problem(f"loss.{k}", m, h) for k, m, h in problems])
+            raise ConfigError(as_problems(problems))  # keys relative to the section: built outside a config too
         from automodel_triton_ce.fused import Options
 
         self.options = Options(ignore_index=int(ignore_index), label_smoothing=float(label_smoothing), z_loss=float(z_loss),
