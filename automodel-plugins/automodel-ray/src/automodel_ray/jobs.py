@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -21,6 +22,7 @@ def submit(launcher: Any, job: Any) -> int:
                              "port 8265 by default): set launcher.job_address=http://<head>:8265") from e
     env = launcher.runtime_env(job)
     env["env_vars"][JOB_ENV] = "1"
+    _hand_over_lock(job.config["output_dir"])
     entrypoint = launcher.entrypoint(job)
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env=env,
                                metadata={"automodel_output_dir": str(job.config["output_dir"])})
@@ -31,8 +33,7 @@ def submit(launcher: Any, job: Any) -> int:
           flush=True)
     if not launcher.wait:
         return 0
-    for line in _follow(client, job_id):
-        print(line, end="", flush=True)
+    _follow(client, job_id)
     while (status := client.get_job_status(job_id)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
         time.sleep(1)
     info = client.get_job_info(job_id)
@@ -44,14 +45,24 @@ def submit(launcher: Any, job: Any) -> int:
     return int(code) if isinstance(code, int) and code else 1
 
 
-def _follow(client: Any, job_id: str) -> Any:
+def _hand_over_lock(output_dir: str) -> None:
+    """The job's driver (``automodel run`` on the cluster) takes the output-dir lock for the life of the run:
+    give back the one this process took, before the job can start (also while ``wait`` follows the job)."""
+    from automodel.lock import TOKEN_ENV, RunLock
+
+    token = os.environ.get(TOKEN_ENV)
+    if token:
+        lock = RunLock(output_dir)
+        lock.token = token
+        lock.release()
+
+
+def _follow(client: Any, job_id: str) -> None:
+    """Print the job's logs as they come, until the job ends (``ray job logs --follow``)."""
     import asyncio
 
-    async def lines() -> list[str]:
-        out = []
+    async def tail() -> None:
         async for chunk in client.tail_job_logs(job_id):
             print(chunk, end="", flush=True)
-        return out
 
-    asyncio.run(lines())
-    return []
+    asyncio.run(tail())

@@ -125,6 +125,8 @@ class RayLauncher:
     def entrypoint(self, job: Any) -> str:
         """The Ray Jobs entrypoint: the same run, attached, from a driver on the cluster."""
         cmd = ["python", *job.worker_command(), "launcher.job=false", "launcher.address=auto"]
+        if self.wait:  # only meaningful to the submitting side
+            cmd.append("launcher.wait=false")
         return shlex.join(cmd)
 
     def _job_address(self) -> str:
