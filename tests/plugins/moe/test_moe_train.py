@@ -174,6 +174,23 @@ def test_impossible_layouts_are_refused_before_launch(root: Path, tokenizer: Pat
     assert rc == 2 and "number of experts (4) divisible by 3" in out and "process(es)" not in out, out
 
 
+def test_layout_rules() -> None:
+    from automodel_moe.parallel import ExpertParallel
+
+    def problems(*names: str) -> list[str]:
+        return [m for _, m, _ in ExpertParallel.validate_args({"size": 2}, {"parallel": [{"name": n} for n in names]})]
+
+    assert problems("ep", "fsdp2") == []
+    assert any("needs fsdp2" in m for m in problems("ep"))
+    for other in ("tp", "cp", "fsdp2_replicate"):
+        assert problems("ep", "fsdp2", other) == [f"ep with {other} is not supported"]
+    assert ExpertParallel(size=2).validate_model({"config": MIXTRAL}) == []
+    (msg, hint), = ExpertParallel(size=8).validate_model({"config": {**MIXTRAL, "num_local_experts": 12}})
+    assert "number of experts (12) divisible by 8" in msg and "[1, 2, 3, 4, 6, 12]" in hint
+    (msg, _), = ExpertParallel(size=2).validate_model({"config": {"model_type": "llama"}})
+    assert "names no number of experts" in msg
+
+
 # -- distributed: one launch each, shared --------------------------------------------------------------
 
 

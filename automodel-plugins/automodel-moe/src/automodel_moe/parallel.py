@@ -39,7 +39,7 @@ class ExpertParallel:
             out.append(("", "expert parallelism needs fsdp2 for the parameters outside the experts (each ep rank "
                         "trains on its own tokens, so attention, router and embeddings are data parallel over ep)",
                         "add {name: fsdp2} to parallel: (it takes the ranks ep leaves)"))
-        for other in ("tp", "ddp", "cp"):
+        for other in ("tp", "ddp", "cp", "fsdp2_replicate"):
             if other in names:
                 out.append(("", f"ep with {other} is not supported", f"remove {{name: {other}}} or the ep parallelizer"))
         return out
