@@ -9,34 +9,12 @@ point). The estimate builds nothing real: meta model, fake tensors, synthetic ba
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import yaml
 from automodel import config as config_mod
 from automodel.cli import main
 from automodel.plugins import load_plugins
-
-ROOT = Path(__file__).resolve().parents[2]
-QUICKSTART = yaml.safe_load((ROOT / "examples/quickstart/config.yaml").read_text())
-
-
-def quickstart_mock(tmp_path: Path, **extra) -> Path:
-    """The quickstart model (architecture and tokenizer) on the mock dataset: fixed 64-token rows."""
-    cfg = {
-        "seed": 1234, "output_dir": str(tmp_path / "run"),
-        "model": {**QUICKSTART["model"], "tokenizer": str(ROOT / "examples/quickstart/tokenizer")},
-        "dataset": {"name": "mock", "seq_len": 64, "num_samples": 128},
-        "optimizer": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.0},
-        "step_scheduler": {"global_batch_size": 8, "local_batch_size": 8, "max_steps": 2, "log_every_steps": 1},
-        "checkpoint": {"keep_last": 1, "save_final": False, "export_hf": False},
-        "loggers": [],
-        **extra,
-    }
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
+from plan_helpers import quickstart_mock
 
 VARIANTS = {
     "full": {},
@@ -99,3 +77,16 @@ def test_plan_refuses_hub_ids_without_a_model_config(tmp_path, capsys):
     path.write_text(yaml.safe_dump(cfg))
     code, _, err = run_cli(["plan", str(path)], capsys)
     assert code == 2 and "plan.model_config" in err and "Traceback" not in err
+
+
+def test_run_refuses_a_plan_that_does_not_fit(tmp_path, capsys):
+    path = quickstart_mock(tmp_path)
+    code, _, err = run_cli(["run", str(path), "plan.memory_gb=0.02", "plan.reserve_gb=0"], capsys)
+    assert code == 2 and "does not fit the device's memory" in err and "DOES NOT FIT" in err
+    assert "activation checkpointing" in err and "--no-plan-check" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "config.yaml").exists()  # nothing launched, nothing written
+    # told to go anyway (flag or config key): the launcher's dry run shows what it would start
+    code, _, err = run_cli(["run", str(path), "plan.memory_gb=0.02", "--no-plan-check", "--dry-run"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["run", str(path), "plan.memory_gb=0.02", "plan.check=false", "--dry-run"], capsys)
+    assert code == 0, err

@@ -156,8 +156,10 @@ def _prepare(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple
 @click.option("--allow-config-change", is_flag=True,
               help="Resume even though the config changed in ways the checkpoint allows (lr, schedule, steps, data, ...); "
               "same as checkpoint.allow_config_change=true. See docs/safety.md.")
+@click.option("--no-plan-check", is_flag=True,
+              help="Launch even when `automodel plan` says the run does not fit the device's memory (same as plan.check=false).")
 def run(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str, ...], dry_run: bool = False,
-        allow_config_change: bool = False) -> None:
+        allow_config_change: bool = False, no_plan_check: bool = False) -> None:
     """Validate CONFIG (with overrides) and train, through the configured launcher."""
     from automodel import config as config_mod
     from automodel.contracts import Launcher, member
@@ -182,6 +184,10 @@ def run(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str,
         return
     validated, plugins = _prepare(config_path, overrides, plugin_modules, run_targets=not dry_run)
     cfg, launcher = validated.config, validated.launcher
+    if not no_plan_check:  # refuse before launch when the plan exceeds a known device memory (docs/plan.md)
+        from automodel.builtin.commands import check_plan
+
+        check_plan(validated, plugins, config_path)
     out = Path(cfg["output_dir"])
     saved = out / "config.yaml"
     if dry_run:  # a dry run writes nothing (an existing run's config.yaml stays as it is) and runs no _target_

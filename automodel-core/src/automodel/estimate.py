@@ -259,7 +259,6 @@ def _quiet_torch() -> Any:
 def _estimate(cfg: dict[str, Any], plugins: Any, layout: Layout | None, world_size: int, rank: int, spec: Plan,
               notes: list[str], unsupported: list[str]) -> Estimate:
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.utils.flop_counter import FlopCounterMode
 
     from automodel.state import StepScheduler, TrainState
     from automodel.train import HiddenStates, NamedParameters, Trainer, model_inputs
@@ -351,6 +350,8 @@ def _estimate(cfg: dict[str, Any], plugins: Any, layout: Layout | None, world_si
         tr.window_tokens = torch.zeros((), dtype=torch.long)
         tr.window_label_tokens = torch.zeros((), dtype=torch.long)
         tracker.track_external(model, optimizer, *[t for b in micro for t in b.values()])
+        from torch.utils.flop_counter import FlopCounterMode
+
         flops = FlopCounterMode(display=False)
         try:
             with tracker:
@@ -377,6 +378,10 @@ def _estimate(cfg: dict[str, Any], plugins: Any, layout: Layout | None, world_si
                 extra[f"{name} ({label})"] = int(value)
     peak += sum(extra.values())
     per_micro = flops.get_total_flops() / len(micro)
+    tp = layout.plan.sizes.get("tp", 1) if (layout is not None and layout.plan is not None and mesh is not None) else 1
+    if tp > 1:  # FlopCounterMode counts a tensor-parallel op at its global shape: this rank does 1/tp of it
+        per_micro /= tp
+        notes.append(f"FLOPs: counted at global shapes and divided by the tp degree ({tp})")
     n_total = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in params)
     if mesh is not None:  # sharded parameters count once per job
@@ -423,6 +428,7 @@ def _instrument(tr: Any, tracker: Any) -> tuple[list[int], list[int]]:
 
     def phased_forward(batch: Any, n: Any) -> Any:
         tracker.phase = "forward"
+        tracker.reset_mod_stats()  # per-module stats are per forward (the global peak is kept)
         return forward(batch, n)
 
     def optimizer_phase(*_: Any) -> None:

@@ -131,3 +131,32 @@ def plan_validated(validated: Any, plugins: Any, world_size: int) -> Any:
     quiet_libraries()
     with contextlib.redirect_stdout(sys.stderr):  # components' progress lines: stdout is the plan (or its JSON)
         return estimate(validated.config, plugins, validated.layout, world_size=world_size)
+
+
+def check_plan(validated: Any, plugins: Any, config_path: str) -> None:
+    """``automodel run``'s memory check: plan the run and refuse it (exit 2, with the breakdown and what
+    would make it fit) when the peak exceeds the device's memory. Only when the memory is known: the
+    config names a device (``plan.device`` / ``plan.memory_gb``) or the run will use a local GPU; off
+    with ``plan.check: false`` or ``--no-plan-check``."""
+    from automodel.errors import AutomodelError
+    from automodel.plan import advice, format_report
+
+    cfg = validated.config
+    spec = cfg.get("plan") or {}
+    if spec.get("check", True) is False:
+        return
+    if not (spec.get("device") or spec.get("memory_gb")):
+        if cfg.get("device") == "cpu":
+            return
+        import torch
+
+        if not torch.cuda.is_available():
+            return
+    n = validated.layout.plan.world_size if validated.layout is not None and validated.layout.plan else 1
+    est = plan_validated(validated, plugins, n)
+    if est.fits is False:
+        tips = "\n".join(f"  - {a}" for a in advice(est, cfg))
+        raise AutomodelError(
+            f"{config_path}: the plan does not fit the device's memory, so the run was not started:\n{format_report(est)}\n"
+            f"to make it fit:\n{tips}\n"
+            "to launch anyway: automodel run ... --no-plan-check (or plan.check: false); see docs/plan.md")
