@@ -166,7 +166,7 @@ class RayLauncher:
         return self._run_attached(job)
 
     def _run_attached(self, job: Any) -> int:
-        from automodel.signals import read_marker
+        from automodel.signals import clear_marker, read_marker
 
         t0 = time.monotonic()
         ray = self._connect(job)
@@ -179,6 +179,7 @@ class RayLauncher:
 
             coordinator = Coordinator.remote()
             out = Path(job.config["output_dir"]).resolve()
+            clear_marker(out)  # an earlier run's: "stopped for a signal" must be this run's
             trainer = TorchTrainer(
                 train_loop,
                 train_loop_config={
@@ -202,7 +203,9 @@ class RayLauncher:
                     if state["errors"]:
                         return self._report_errors(state["errors"])
                     raise RayLaunchError(f"the Ray Train run failed after {state['attempts']} attempt(s) "
-                                         f"(launcher.max_failures={self.max_failures}): {_root_cause(e)}") from e
+                                         f"(launcher.max_failures={self.max_failures}): {_root_cause(e)}\n"
+                                         "    -> a dead worker process (OOM, a lost node) restarts the worker group from the newest "
+                                         "checkpoint when launcher.max_failures > 0; Ray's lines above name the worker") from e
             state = ray.get(coordinator.state.remote())
             if state["errors"]:
                 return self._report_errors(state["errors"])
