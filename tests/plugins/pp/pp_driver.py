@@ -65,8 +65,10 @@ def main() -> None:
             dist.all_gather_object(ranks, mine)
         if int(os.environ.get("RANK", "0")) == 0:
             metrics = read_metrics(validated.config["output_dir"])
+            with open(os.path.join(validated.config["output_dir"], "metrics.jsonl")) as f:
+                val = [r["val_loss"] for r in map(json.loads, f) if "val_loss" in r]
             results[name] = {
-                "loss": [m["loss"] for m in metrics], "grad_norm": [m["grad_norm"] for m in metrics],
+                "loss": [m["loss"] for m in metrics], "val_loss": val, "grad_norm": [m["grad_norm"] for m in metrics],
                 "wall_s": wall, "schedule_s": [t["schedule_s"] for t in pp.timings] if pp is not None else [],
                 "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "ranks": ranks,
             }

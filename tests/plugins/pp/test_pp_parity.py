@@ -26,6 +26,7 @@ STEPS = 4
 PP = "parallel=[{{name: pp, size: {size}, microbatches: 4, schedule: {schedule}}}]"
 SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b", "interleaved_zb", "zbv")
 EXPORT = "checkpoint={export_hf: true, save_final: true, keep_last: 5}"
+VALIDATE = f"step_scheduler.val_every_steps={STEPS}"  # validation through the pipeline (forward-only schedule)
 
 
 def base_config(directory: Path) -> Path:
@@ -35,9 +36,11 @@ def base_config(directory: Path) -> Path:
         "seed": 1234, "output_dir": str(directory / "run"),
         "model": {**quick["model"], "tokenizer": str(QUICKSTART / "tokenizer")},
         "dataset": {**quick["dataset"], "path": str(QUICKSTART / "data" / "train.jsonl")},
+        "validation_dataset": {**quick["validation_dataset"], "path": str(QUICKSTART / "data" / "val.jsonl")},
         "optimizer": quick["optimizer"], "lr_scheduler": {"name": "cosine", "warmup_steps": 2, "min_lr_ratio": 0.1},
         "clip_grad_norm": 1.0,
-        "step_scheduler": {"global_batch_size": 16, "local_batch_size": 8, "max_steps": STEPS, "log_every_steps": 1},
+        "step_scheduler": {"global_batch_size": 16, "local_batch_size": 8, "max_steps": STEPS, "log_every_steps": 1,
+                           "val_every_steps": None, "val_max_batches": 2},
         "checkpoint": {"export_hf": False, "save_final": False},
         "loggers": [{"name": "jsonl"}],
     }
@@ -62,10 +65,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("pp")
     base = base_config(root)
     pp2 = [f"{s}=output_dir={root / s};{PP.format(size=2, schedule=s)}" for s in SCHEDULES]
-    pp2[0] += f";{EXPORT};step_scheduler.ckpt_every_steps=2"
+    pp2[0] += f";{EXPORT};{VALIDATE};step_scheduler.ckpt_every_steps=2"
     out = launch(2, root / "pp2.json", base, pp2)
     out.update(launch(1, root / "single.json", base, [
-        f"single=output_dir={root / 'single'};{EXPORT}",
+        f"single=output_dir={root / 'single'};{EXPORT};{VALIDATE}",
         f"resumed=output_dir={root / 'resumed'};checkpoint.resume={root / 'gpipe' / 'checkpoints' / 'step_2'}",
     ]))
     out["root"] = root
@@ -80,6 +83,8 @@ def test_every_schedule_matches_one_process(runs: dict) -> None:
         assert got["loss"] == pytest.approx(want["loss"], abs=1e-4), schedule
         assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4), schedule  # clipped over both stages
         assert len(got["schedule_s"]) == STEPS  # the schedule ran every step
+    assert len(want["val_loss"]) == 1
+    assert runs["gpipe"]["val_loss"] == pytest.approx(want["val_loss"], abs=1e-5)  # validation through the pipeline
 
 
 def test_pp2_checkpoint_resumes_on_one_process(runs: dict) -> None:
