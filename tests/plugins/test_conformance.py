@@ -15,7 +15,7 @@ CHAT_TEMPLATE = "{% for m in messages %}{{ m.role }}: {{ m.content }}{{ '\\n' }}
 #: plugin name -> distribution (every package in requirements-dev.txt, and fp8)
 FIRST_PARTY = {
     "fsdp2": "automodel-fsdp2", "tp": "automodel-tp", "lora": "automodel-lora", "triton_ce": "automodel-triton-ce",
-    "slurm": "automodel-slurm", "wandb": "automodel-wandb", "fp8": "automodel-fp8",
+    "slurm": "automodel-slurm", "wandb": "automodel-wandb", "fp8": "automodel-fp8", "pp": "automodel-pp",
 }
 
 

@@ -50,9 +50,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from automodel.mesh import DIM_ORDER
 from automodel.testing import TINY_LLAMA, VOCAB_SIZE
 
-MESH_DIMS = ("dp_replicate", "dp_shard", "cp", "tp")
+MESH_DIMS = DIM_ORDER  # the mesh dimensions a parallelizer may own (automodel.mesh)
 
 
 @dataclass
