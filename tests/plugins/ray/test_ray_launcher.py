@@ -221,7 +221,8 @@ def test_ray_worker_killed_restarts_and_resumes_to_the_same_losses(ray_cluster: 
     after = json.loads((run / "ray" / "workers" / "rank-1.json").read_text())
     assert after["pid"] != worker["pid"]  # a new process took rank 1
     assert losses(run) == reference  # bit for bit, every step 1..8 once
-    print(f"kill -9 at step {worker} -> restart -> same {STEPS} losses; {time.monotonic() - t0:.1f} s in all")
+    print(f"kill -9 of rank 1 (pid {worker['pid']}) after step 3 -> restart -> same {STEPS} losses; "
+          f"{time.monotonic() - t0:.1f} s in all")
 
 
 def test_ray_sigterm_to_the_driver_checkpoints_and_exits_75(ray_cluster: dict[str, str], tmp_path: Path, tiny_model_dir: Path) -> None:
