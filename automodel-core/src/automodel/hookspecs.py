@@ -87,7 +87,8 @@ def register_parallelizers(register: Register) -> None:
 
     A parallelizer is called as ``factory(**cfg)`` and returns an object with:
 
-    * ``dim``: the mesh dimension it owns: ``"dp_replicate"``, ``"dp_shard"``, ``"cp"`` or ``"tp"``;
+    * ``dim``: the mesh dimension it owns: ``"pp"``, ``"dp_replicate"``, ``"dp_shard"``, ``"ep"``, ``"cp"``
+      or ``"tp"``;
     * ``size``: its degree, or ``None`` to take the ranks the others leave (at most one may);
     * ``apply(model, mesh, ctx) -> model``: parallelize ``model`` over ``mesh[dim]``.
 
@@ -96,8 +97,10 @@ def register_parallelizers(register: Register) -> None:
     weights (:mod:`automodel.weights`) after every parallelizer has run; ``param_device`` (``"cpu"``
     for CPU offload) is where parameters get storage; ``exclusive`` (a reason) refuses any other
     parallelizer next to this one, before launch; ``validate_model(model_cfg)`` checks the model
-    against the layout before launch. Parallelizers are
-    applied innermost first: ``tp``, ``cp``, ``dp_shard``, ``dp_replicate``. Data-parallel
+    against the layout before launch; ``forward_backward`` (with ``clip_grad_norm``) runs the forward and
+    backward of a whole optimizer step itself (a pipeline schedule, automodel-pp) instead of the loop's
+    micro-batch loop. Parallelizers are applied innermost first: ``tp``, ``cp``, ``ep``, ``dp_shard``,
+    ``dp_replicate``, except ``pp``, applied first (it cuts this rank's stage out of the model). Data-parallel
     parallelizers are expected to *average* gradients over their ranks (as DDP and FSDP do); the loop
     scales the loss so that the result is the gradient of the global-batch mean.
     """
