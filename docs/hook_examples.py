@@ -72,6 +72,11 @@ class Replicate:
             return model
         return DistributedDataParallel(model, process_group=mesh["dp_replicate"].get_group())
 
+    @staticmethod
+    def grad_sync(model: Any, enabled: bool) -> Any:
+        """All-reduce gradients on the last micro-batch of a step only."""
+        return None if enabled or not hasattr(model, "no_sync") else model.no_sync()
+
 
 @hookimpl
 def register_parallelizers(register):

@@ -145,6 +145,37 @@ def test_contracts_declare_the_defaults_the_loop_uses() -> None:
     assert missing_members(SimpleNamespace(apply=1), Parallelizer) == ["dim", "size"]
 
 
+def test_gradient_sync_is_what_each_parallelizer_declares() -> None:
+    """runtime.grad_sync enters each parallelizer's declared grad_sync (no guessing from the model's
+    attributes); a parallelizer without one leaves gradients synchronised on every micro-batch."""
+    import contextlib
+
+    from automodel import runtime
+    from automodel.builtin.parallel import DDP
+
+    seen: list[tuple[str, bool]] = []
+
+    class Declares:
+        dim, size = "dp_shard", None
+
+        def grad_sync(self, model, enabled):
+            seen.append(("declares", enabled))
+            return contextlib.nullcontext() if enabled else contextlib.ExitStack()
+
+    class Silent:
+        dim, size = "tp", None
+
+    model = torch.nn.Linear(2, 2)
+    model.no_sync = lambda: pytest.fail("no_sync guessed from the model")  # type: ignore[attr-defined]
+    for enabled in (False, True):
+        with runtime.grad_sync(model, enabled, [Declares(), Silent()]):
+            pass
+    assert seen == [("declares", False), ("declares", True)]
+    with runtime.grad_sync(model, False, []):  # no parallelizer applied (one process): nothing to skip
+        pass
+    assert member(DDP(), Parallelizer, "grad_sync") is not None  # the builtin DDP declares its no_sync
+
+
 def test_activation_checkpointing_recomputes_blocks_and_keeps_the_gradients(tiny_model_dir: Path) -> None:
     from automodel.builtin.transforms import ActivationCheckpointing
     from automodel.context import Context

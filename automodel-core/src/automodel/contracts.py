@@ -125,6 +125,10 @@ class Parallelizer(Protocol):
       before launch, quoting the reason.
     * ``validate_model(model_cfg) -> [(message, hint), ...]``: checks of the ``model:`` section against
       this layout (``size`` already resolved), run before launch; items may also be ``Problem`` objects.
+    * ``grad_sync(model, enabled) -> context manager | None``: called around each micro-batch's forward
+      and backward with ``enabled=False`` for all but the last micro-batch of a step, so a data-parallel
+      wrapper can skip the gradient all-reduce there (FSDP2: ``set_requires_gradient_sync``; DDP:
+      ``no_sync()``). ``None``: gradients are synchronised on every micro-batch (correct, only slower).
     * ``forward_backward(model, micro, loss, ctx, backward=True) -> loss_sum | None``: run the forward
       (and, with ``backward``, the backward) of one optimizer step over ``micro`` (this rank's
       micro-batches, on the device) instead of the loop's micro-batch loop: a pipeline schedule
@@ -148,6 +152,7 @@ class Parallelizer(Protocol):
     param_device: str | None = None
     exclusive: str | None = None
     validate_model: Callable[[dict[str, Any]], list[tuple[str, str]]] | None = None
+    grad_sync: Callable[[Any, bool], Any] | None = None
     forward_backward: Callable[..., Any] | None = None
     clip_grad_norm: Callable[[Any, float], Any] | None = None
     plan_memory: Callable[[Any, Any], dict[str, int]] | None = None

@@ -50,14 +50,17 @@ def barrier() -> None:
         dist.barrier()
 
 
-def grad_sync(model: Any, enabled: bool) -> Any:
-    """Skip gradient all-reduce on all but the last micro-batch (DDP no_sync / FSDP2 flag)."""
-    if hasattr(model, "set_requires_gradient_sync"):
-        model.set_requires_gradient_sync(enabled)
-        return contextlib.nullcontext()
-    if not enabled and hasattr(model, "no_sync"):
-        return model.no_sync()
-    return contextlib.nullcontext()
+def grad_sync(model: Any, enabled: bool, parallelizers: Any = ()) -> Any:
+    """A context for one micro-batch's forward + backward: gradient synchronisation on (the last micro-batch
+    of a step) or off (the others), as each parallelizer declares it (``Parallelizer.grad_sync``)."""
+    from automodel.contracts import Parallelizer, member
+
+    stack = contextlib.ExitStack()
+    for p in parallelizers:
+        hook = member(p, Parallelizer, "grad_sync")
+        if hook is not None and (cm := hook(model, enabled)) is not None:
+            stack.enter_context(cm)
+    return stack
 
 
 def peak_memory_gb(device: torch.device) -> float:

@@ -361,8 +361,9 @@ class Trainer:
         loss_sum = self._owned_step(micro, num_label_tokens, backward=True)
         if loss_sum is None:
             loss_sum = torch.zeros((), device=ctx.device)
+            applied = self.layout.parallelizers if ctx.mesh is not None else ()  # each declares its grad_sync
             for i, batch in enumerate(micro):
-                with runtime.grad_sync(self.model, i == len(micro) - 1):
+                with runtime.grad_sync(self.model, i == len(micro) - 1, applied):
                     loss_sum += self.forward_backward(batch, num_label_tokens)
         max_norm = self.cfg["clip_grad_norm"] or float("inf")
         clip = member(self.step_owner, Parallelizer, "clip_grad_norm") if self.step_owner is not None else None

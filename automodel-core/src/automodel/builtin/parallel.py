@@ -28,3 +28,8 @@ class DDP:
             bucket_cap_mb=self.bucket_cap_mb,
             find_unused_parameters=self.find_unused_parameters,
         )
+
+    @staticmethod
+    def grad_sync(model: Any, enabled: bool) -> Any:
+        """All-reduce gradients on the last micro-batch of a step only."""
+        return None if enabled else model.no_sync()

@@ -115,10 +115,20 @@ class FSDP2:
         if "ep" in names:  # expert parallel (automodel-moe): the ep ranks hold other data, so everything
             # but the experts (sharded over ep by the ep parallelizer, applied before) shards over both
             shard = "dp_shard_ep"
-            mesh["dp_shard", "ep"]._flatten(shard)  # made once, then found by name
+            flat = mesh["dp_shard", "ep"]._flatten(shard)  # made once, then found by name
+            if "dp_replicate" not in names:
+                return flat  # (slicing a flattened dim from the root mesh is deprecated in torch)
         if "dp_replicate" not in names:
             return mesh[shard]
         return mesh["dp_replicate", shard]  # HSDP: replicate on dim 0, shard on dim 1
+
+    @staticmethod
+    def grad_sync(model: Any, enabled: bool) -> None:
+        """Reduce-scatter gradients on the last micro-batch of a step only (also across HSDP replicas)."""
+        from torch.distributed.fsdp import FSDPModule
+
+        if isinstance(model, FSDPModule):
+            model.set_requires_gradient_sync(enabled)
 
 
 class FSDP2Replicate:
