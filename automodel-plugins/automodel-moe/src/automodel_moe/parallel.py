@@ -5,9 +5,10 @@ from __future__ import annotations
 from types import MethodType
 from typing import Any
 
+from automodel.architecture import read_model_config
 from automodel.errors import AutomodelError
 
-from automodel_moe.config import expert_count, read_model_config
+from automodel_moe.config import expert_count
 
 
 class ExpertParallel:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from automodel.architecture import read_model_config
 from automodel.errors import AutomodelError
 
-from automodel_tp.validate import head_problems, read_model_config
+from automodel_tp.validate import head_problems
 
 
 class TensorParallel:

@@ -2,31 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
-
-
-def read_model_config(model_cfg: dict[str, Any]) -> dict[str, Any] | None:
-    """The architecture fields of the ``model:`` section: the inline ``config`` dict, or the
-    ``config.json`` of a local ``pretrained`` directory. ``None`` when neither is readable (a hub id):
-    the same check then runs again inside ``apply``, on the loaded model."""
-    spec = model_cfg.get("config")
-    if isinstance(spec, dict):
-        data = dict(spec)
-    else:
-        path = model_cfg.get("pretrained")
-        if not isinstance(path, str):
-            return None
-        file = Path(path).expanduser() / "config.json"
-        if not file.is_file():
-            return None
-        try:
-            data = json.loads(file.read_text())
-        except (OSError, ValueError):
-            return None
-    text = data.get("text_config")
-    return dict(text) if isinstance(text, dict) else data
 
 
 def head_problems(config: dict[str, Any], size: int) -> list[tuple[str, str]]:
