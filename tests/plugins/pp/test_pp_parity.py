@@ -66,6 +66,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     base = base_config(root)
     pp2 = [f"{s}=output_dir={root / s};{PP.format(size=2, schedule=s)}" for s in SCHEDULES]
     pp2[0] += f";{EXPORT};{VALIDATE};step_scheduler.ckpt_every_steps=2"
+    pp2[1] += ";loss={name: chunked_ce}"  # a fused loss (hidden states + lm_head weight) on the last stage
+    pp2[2] = pp2[2].replace("}]", ", activation_checkpointing: true}]")
     out = launch(2, root / "pp2.json", base, pp2)
     out.update(launch(1, root / "single.json", base, [
         f"single=output_dir={root / 'single'};{EXPORT};{VALIDATE}",
@@ -76,6 +78,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def test_every_schedule_matches_one_process(runs: dict) -> None:
+    """gpipe, 1f1b (with the fused chunked_ce loss), interleaved_1f1b (with activation checkpointing), zero bubble."""
     want = runs["single"]
     assert len(want["loss"]) == STEPS and want["loss"][-1] < want["loss"][0]  # it trains
     for schedule in SCHEDULES:
@@ -146,6 +149,11 @@ def test_bad_layouts_are_refused_at_validate(tmp_path: Path, parallel: list, exp
     text = _problems(tmp_path, parallel, world_size=8 if parallel[0].get("size") == 4 else 2)
     assert expect in text, text
     assert "parallel.0" in text, text  # the key is named
+
+
+def test_zero_bubble_with_a_fused_loss_is_refused(tmp_path: Path) -> None:
+    text = _problems(tmp_path, [{"name": "pp", "size": 2, "schedule": "zbv"}], loss={"name": "chunked_ce"})
+    assert "parallel.0.schedule" in text and "fused loss 'chunked_ce'" in text, text
 
 
 def test_pp_size_must_fit_the_processes(tmp_path: Path) -> None:

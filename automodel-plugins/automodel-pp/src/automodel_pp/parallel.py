@@ -31,6 +31,8 @@ from automodel_pp.stages import (
 
 #: parallelizers pp composes with (others are refused at validate: not built or not tested with pp)
 COMPOSES_WITH = ("fsdp2", "fsdp2_replicate")
+#: losses whose own autograd (hidden states + lm_head weight) cannot be split into dI / dW (zero bubble)
+FUSED_LOSSES = ("triton_ce", "chunked_ce")
 
 
 class Pipeline:
@@ -122,6 +124,11 @@ class Pipeline:
         if refused:
             out.append(("", f"pp composes with {' and '.join(COMPOSES_WITH)} only; got {', '.join(refused)}",
                         "tensor/context/expert parallel and ddp with pp are not supported yet: use fsdp2 for data parallel"))
+        loss = (config.get("loss") or {}).get("name")
+        if schedule in ("interleaved_zb", "zbv") and loss in FUSED_LOSSES:
+            out.append(("schedule", f"{schedule} splits backward into input and weight gradients, which the fused loss "
+                        f"'{loss}' does not support (its weight gradient fails as modified in place)",
+                        "use schedule: 1f1b or interleaved_1f1b with a fused loss, or loss: masked_ce"))
         for t in config.get("transforms") or []:
             if (t.get("name") or t.get("_target_")) in ("lora", "qlora", "compile"):
                 out.append(("", f"pp does not support the '{t.get('name')}' transform yet",
