@@ -174,6 +174,65 @@ def test_impossible_layouts_are_refused_before_launch(root: Path, tokenizer: Pat
     assert rc == 2 and "number of experts (4) divisible by 3" in out and "process(es)" not in out, out
 
 
+def _dispatch_worker(rank: int, port: int, out: object) -> None:
+    import os
+
+    import torch.distributed as dist
+    from automodel_moe.experts import EPState, ep_forward
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        experts = _model("mixtral", **FAMILIES["mixtral"]).model.layers[0].mlp.experts  # same weights on both ranks
+        torch.manual_seed(1)
+        x = torch.randn(12, 32)
+        index = torch.tensor([[0, 1], [1, 0]] * 6)  # every token to experts 0 and 1: rank 1's experts get none
+        weights = torch.rand(12, 2)
+        ref_x = x.clone().requires_grad_()
+        experts(ref_x, index, weights).pow(2).sum().backward()
+        mine = slice(6 * rank, 6 * rank + 6)
+        local_x = x[mine].clone().requires_grad_()
+        full = {n: getattr(experts, n).grad.clone() for n in ("gate_up_proj", "down_proj")}
+        for n in full:
+            setattr(experts, n, torch.nn.Parameter(getattr(experts, n).data[2 * rank: 2 * rank + 2].clone()))
+        experts._automodel_ep = EPState(dist.group.WORLD, 2, rank, 4)
+        y = ep_forward(experts, local_x, index[mine], weights[mine])
+        y.pow(2).sum().backward()  # a rank without tokens must still run both backward all-to-alls
+        torch.testing.assert_close(local_x.grad, ref_x.grad[mine])
+        for n, g in full.items():
+            torch.testing.assert_close(getattr(experts, n).grad, g[2 * rank: 2 * rank + 2], rtol=1e-5, atol=1e-6)
+        out.put((rank, "ok"))
+    except BaseException as e:  # noqa: BLE001
+        out.put((rank, repr(e)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_to_all_dispatch_with_idle_experts_on_two_ranks() -> None:
+    """Two gloo processes, every token routed to rank 0's experts: outputs, input gradients and the
+    sharded expert gradients equal transformers' single-process experts; rank 1 (no tokens) does not hang."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_dispatch_worker, args=(r, port, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+    hung = [p for p in procs if p.is_alive()]
+    for p in hung:
+        p.kill()
+    assert not hung, "a rank hung in the all-to-all"
+    results = dict(out.get(timeout=5) for _ in procs)
+    assert results == {0: "ok", 1: "ok"}, results
+
+
 def test_layout_rules() -> None:
     from automodel_moe.parallel import ExpertParallel
 

@@ -156,7 +156,10 @@ def compute_experts(experts: nn.Module, x: torch.Tensor, per_expert: list[int], 
             continue
         h = experts._apply_gate(F.linear(xe, w1[e])) if hasattr(experts, "_apply_gate") else _gate(experts, F.linear(xe, w1[e]))
         outs.append(F.linear(h, w2[e]))
-    return torch.cat(outs) if outs else x.new_zeros((0, w2.shape[1]))
+    if not outs:  # no token for any local expert: still an (empty) output that depends on x and the weights, so
+        # that every rank runs both backward all-to-alls and has (zero) expert gradients for FSDP to reduce
+        return F.linear(_gate(experts, F.linear(x, w1[0])), w2[0])
+    return torch.cat(outs)
 
 
 def _gate(experts: nn.Module, gate_up: torch.Tensor) -> torch.Tensor:
