@@ -70,7 +70,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     pp2[2] = pp2[2].replace("}]", ", activation_checkpointing: true}]")
     out = launch(2, root / "pp2.json", base, pp2)
     out.update(launch(1, root / "single.json", base, [
-        f"single=output_dir={root / 'single'};{EXPORT};{VALIDATE}",
+        f"single=output_dir={root / 'single'};{EXPORT};{VALIDATE};step_scheduler.ckpt_every_steps=2",
         f"resumed=output_dir={root / 'resumed'};checkpoint.resume={root / 'gpipe' / 'checkpoints' / 'step_2'}",
     ]))
     out["root"] = root
@@ -109,17 +109,20 @@ def test_export_is_one_hugging_face_directory(runs: dict) -> None:
 
 
 def test_four_stages_and_dp2_x_pp2_with_fsdp2(runs: dict) -> None:
-    """4 processes on 2 cores: two steps each of pp=4 (1f1b) and fsdp2 data parallel x pp=2."""
+    """4 processes on 2 cores: two steps each of pp=4 (1f1b) and fsdp2 data parallel x pp=2, and the
+    1-process checkpoint of step 2 resumed at dp2 x pp2 (tied embeddings on both end stages)."""
     root = runs["root"]
     two = "step_scheduler.max_steps=2"
+    dp2pp2 = "parallel=[{name: pp, size: 2, microbatches: 4, schedule: 1f1b}, {name: fsdp2, meta_init: false}]"
     four = launch(4, root / "four.json", root / "base.yaml", [
         f"pp4=output_dir={root / 'pp4'};{two};{PP.format(size=4, schedule='1f1b')}",
-        f"dp2pp2=output_dir={root / 'dp2pp2'};{two};parallel=[{{name: pp, size: 2, microbatches: 4, schedule: 1f1b}}, "
-        "{name: fsdp2, meta_init: false}]",
+        f"dp2pp2=output_dir={root / 'dp2pp2'};{two};{dp2pp2}",
+        f"from1=output_dir={root / 'from1'};{dp2pp2};checkpoint.resume={root / 'single' / 'checkpoints' / 'step_2'}",
     ])
     for name in ("pp4", "dp2pp2"):
         assert four[name]["loss"] == pytest.approx(runs["single"]["loss"][:2], abs=1e-4), name
         assert four[name]["grad_norm"] == pytest.approx(runs["single"]["grad_norm"][:2], rel=1e-4), name
+    assert four["from1"]["loss"] == pytest.approx(runs["single"]["loss"][2:], abs=1e-4)
 
 
 # -- validation: refused before anything starts ---------------------------------------------------

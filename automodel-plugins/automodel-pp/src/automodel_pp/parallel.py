@@ -170,7 +170,7 @@ class Pipeline:
         self.first, self.last = 0 in self.mine, self.n_stages - 1 in self.mine
         self.tied = bool(getattr(hf.config, "tie_word_embeddings", False)) and hf.lm_head is not None and \
             hf.lm_head.weight is decoder.embed_tokens.weight
-        keep_stages(hf, self.bounds, self.mine, self.n_stages)
+        keep_stages(hf, self.bounds, self.mine, self.n_stages, self.tied)
         if self.activation_checkpointing:
             checkpoint_blocks(list(decoder.layers.values()))
         if not any(p.is_meta for p in hf.parameters()):
@@ -294,8 +294,8 @@ class Pipeline:
         import torch.distributed as dist
 
         named = params.named() if hasattr(params, "named") else [(str(i), p) for i, p in enumerate(params)]
-        counted = [p.grad for n, p in named if p.grad is not None
-                   and not (self.tie_group is not None and not self.first and n.endswith("lm_head.weight"))]
+        tied_copy = self.hf.lm_head.weight if self.tie_group is not None and not self.first else None
+        counted = [p.grad for _, p in named if p.grad is not None and p is not tied_copy]
         if counted:
             norm = torch.nn.utils.get_total_norm(counted, 2.0, foreach=True)
             norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm

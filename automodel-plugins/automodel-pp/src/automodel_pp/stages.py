@@ -85,16 +85,18 @@ def decoder_parts(model: Any) -> tuple[Any, Any]:
     return model, decoder
 
 
-def keep_stages(model: Any, bounds: list[int], mine: list[int], n_stages: int) -> None:
+def keep_stages(model: Any, bounds: list[int], mine: list[int], n_stages: int, tied: bool = False) -> None:
     """Drop every module this rank's stages (``mine``) do not run: blocks (kept under their own index
-    in a ``ModuleDict``), the embeddings unless stage 0 is here, the final norm and lm_head unless the
-    last stage is."""
+    in a ``ModuleDict``), the embeddings unless stage 0 is here (or, ``tied``, the last stage: the
+    lm_head's weight then keeps its first name, ``model.embed_tokens.weight``, as in the whole model, so
+    optimizer state and checkpoints use one name at any pipeline size), the final norm and lm_head
+    unless the last stage is."""
     import torch
 
     _, decoder = decoder_parts(model)
     keep = [i for s in mine for i in range(bounds[s], bounds[s + 1])]
     decoder.layers = torch.nn.ModuleDict({str(i): decoder.layers[i] for i in keep})
-    if 0 not in mine:
+    if 0 not in mine and not (tied and n_stages - 1 in mine):
         decoder.embed_tokens = None
     if n_stages - 1 not in mine:
         decoder.norm = None
