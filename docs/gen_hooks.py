@@ -44,7 +44,7 @@ def render() -> str:
         args = ", ".join(inspect.signature(fn).parameters)
         parts.append(f"\n## `{name}({args})`\n\n{inspect.cleandoc(fn.__doc__ or '')}\n")
         if name in shown:
-            parts.append(f"\nExample (from [hook_examples.py](hook_examples.py), a plugin the tests load):\n\n```python\n{shown[name]}\n```\n")
+            parts.append(f"\nExample (from `docs/hook_examples.py`, a plugin the tests load):\n\n```python\n{shown[name]}\n```\n")
     return "".join(parts)
 
 
