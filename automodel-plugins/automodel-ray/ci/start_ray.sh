@@ -20,6 +20,10 @@ DASH=${AUTOMODEL_RAY_DASHBOARD_PORT:-28265}
 CLIENT=${AUTOMODEL_RAY_CLIENT_PORT:-20001}
 ADDR="127.0.0.1:$PORT"
 export RAY_USAGE_STATS_ENABLED=0
+# Token authentication on every node and client of the test cluster (Ray 2.60 turns it on by itself for a head
+# it sees as local but not for a node that joins it, which then fails with InvalidAuthToken): one token, made
+# once in ~/.ray/auth_token (Ray's default path); tests/plugins/ray/conftest.py sets RAY_AUTH_MODE=token too.
+export RAY_AUTH_MODE=token
 
 log() { echo "start_ray: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -44,6 +48,7 @@ PY
 }
 
 t0=$(date +%s.%N)
+[ -s "$HOME/.ray/auth_token" ] || ray get-auth-token --generate >/dev/null
 mkdir -p "$BASE"
 alive=$(nodes_alive | tail -n 1)
 if [ "$alive" != 2 ]; then

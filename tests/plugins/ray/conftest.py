@@ -20,6 +20,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[3]
 START = REPO / "automodel-plugins" / "automodel-ray" / "ci" / "start_ray.sh"
 BASE = Path(os.environ.get("AUTOMODEL_RAY_DIR", "/tmp/automodel-test-ray"))
+# the test cluster runs with Ray's token authentication (ci/start_ray.sh); clients and launched runs use it too
+os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def _in_ci() -> bool:
