@@ -48,7 +48,7 @@ PY
 }
 
 t0=$(date +%s.%N)
-[ -s "$HOME/.ray/auth_token" ] || ray get-auth-token --generate >/dev/null
+[ -s "$HOME/.ray/auth_token" ] || { ray get-auth-token --generate >/dev/null && chmod 600 "$HOME/.ray/auth_token"; }
 mkdir -p "$BASE"
 alive=$(nodes_alive | tail -n 1)
 if [ "$alive" != 2 ]; then
