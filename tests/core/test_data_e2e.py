@@ -63,7 +63,7 @@ def config(directory: Path, model_dir: Path) -> Path:
 def test_streaming_packed_run_resumes_exactly_and_validation_reports_accuracy(tmp_path, tiny_model_dir):
     reference = config(tmp_path / "reference", tiny_model_dir)
     out = run_cli("run", reference, "--plugin", "data_test_hooks", cwd=reference.parent)
-    assert "streaming" in out.stdout and "packed into rows of 64 tokens" in out.stdout
+    assert "streaming" in out.stdout and "packed in order into rows of 64 tokens" in out.stdout
     want, val = records(reference.parent / "run")
     assert sorted(want) == list(range(1, STEPS + 1))
     assert len(val) == 1 and val[0]["step"] == STEPS and val[0]["val_examples"] == 8 and 0 <= val[0]["val_accuracy"] <= 1
