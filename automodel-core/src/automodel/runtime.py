@@ -10,6 +10,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from automodel.contracts import Parallelizer, member
 from automodel.errors import AutomodelError
 
 
@@ -53,8 +54,6 @@ def barrier() -> None:
 def grad_sync(model: Any, enabled: bool, parallelizers: Any = ()) -> Any:
     """A context for one micro-batch's forward + backward: gradient synchronisation on (the last micro-batch
     of a step) or off (the others), as each parallelizer declares it (``Parallelizer.grad_sync``)."""
-    from automodel.contracts import Parallelizer, member
-
     stack = contextlib.ExitStack()
     for p in parallelizers:
         hook = member(p, Parallelizer, "grad_sync")
