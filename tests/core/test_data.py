@@ -11,17 +11,11 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from automodel.data import (
-    Collator,
-    PackedDataset,
-    StreamingDataset,
-    TrainData,
-    concat_samples,
-    pack,
-    pack_bins,
-    validation_loader,
-)
+from automodel import data as data_module
+from automodel import packing
+from automodel.data import Collator, StreamingDataset, TrainData, validation_loader
 from automodel.errors import AutomodelError
+from automodel.packing import PackedDataset, concat_samples, pack, pack_bins, pack_stream
 from automodel.state import TrainState
 from automodel.testing import TINY_LLAMA
 
@@ -78,6 +72,25 @@ def test_pack_bins_places_every_sample_once_within_capacity():
     assert pack_bins(lengths, 64) == bins  # deterministic
     with pytest.raises(ValueError, match="longer than the row length 10"):
         pack_bins([5, 11], 10)
+
+
+def test_packing_is_a_public_module_a_plugin_can_pack_its_own_examples_with():
+    # the names automodel.data exported before automodel.packing existed are the same objects
+    assert all(getattr(data_module, name) is getattr(packing, name) for name in packing.__all__)
+    examples = samples([7, 3, 9, 2, 5])  # a plugin's own examples: a list of input_ids/labels dicts
+    packed = pack(examples, 12)
+    assert all(len(packed[r]["input_ids"]) <= 12 for r in range(len(packed)))
+    assert sorted(i for b in packed.bins for i in b) == list(range(5))
+    for r, b in enumerate(packed.bins):  # each row: its samples concatenated, positions restarting at 0
+        assert packed[r] == concat_samples([examples[i] for i in b])
+        assert packed[r]["position_ids"] == [p for i in b for p in range(len(examples[i]["input_ids"]))]
+    assert packed.efficiency == pytest.approx(26 / (len(packed) * 12))
+    with pytest.raises(ValueError, match="longer than the row length 8"):
+        pack(examples, 8)
+    # a stream: greedily in order, a sample over the row length cut to it
+    rows = list(pack_stream(iter(samples([5, 4, 20, 1])), 10))
+    assert [r["position_ids"] for r in rows] == [[*range(5), *range(4)], list(range(10)), [0]]
+    assert rows[1]["input_ids"] == samples([5, 4, 20, 1])[2]["input_ids"][:10]
 
 
 def test_collator_packed_rows_positions_boundary_labels_and_padding():

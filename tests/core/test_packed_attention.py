@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from automodel import config
 from automodel.attention import NAME, register, sample_spans
-from automodel.data import Collator, pack
+from automodel.data import Collator
+from automodel.packing import pack
 from automodel.plugins import load_plugins
 from automodel.testing import make_config
 from automodel.train import Trainer

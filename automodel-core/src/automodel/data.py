@@ -3,15 +3,16 @@ padding and label shifting, sequence packing, streaming, and a data position tha
 exactly.
 
 The loop uses two things from here: :class:`TrainData` (micro-batches forever, resumable) and
-:func:`validation_loader` (one pass, sharded, in order). Datasets use :func:`pack` (map-style packing)
-and :class:`StreamingDataset` (an iterable dataset the loop shards, skips and packs on the fly).
+:func:`validation_loader` (one pass, sharded, in order). Datasets use :class:`StreamingDataset` (an
+iterable dataset the loop shards, skips and packs on the fly); packing itself is :mod:`automodel.packing`
+(its names are importable from here too, as they were before it had a module of its own).
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from automodel import runtime
 from automodel.errors import AutomodelError
+from automodel.packing import PackedDataset, concat_samples, pack, pack_bins, pack_stream  # noqa: F401 (automodel.data.pack etc. before automodel.packing)
 from automodel.state import TrainState
 
 # --------------------------------------------------------------------------------------------------
@@ -153,116 +155,6 @@ class Collator:
             shifted[pos[1:] == 0] = -100  # the last token of a sample does not predict the next sample
             labels[i, : k - 1] = shifted
         return {"input_ids": ids, "labels": labels, "position_ids": positions}
-
-
-# --------------------------------------------------------------------------------------------------
-# Packing
-# --------------------------------------------------------------------------------------------------
-
-
-def pack_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
-    """Group sample indices into rows of at most ``capacity`` tokens (best-fit decreasing: each sample,
-    longest first, goes to the fullest row it fits in). Deterministic."""
-    import numpy as np
-
-    if capacity < 1:
-        raise ValueError(f"capacity must be >= 1, got {capacity}")
-    too_long = [i for i, n in enumerate(lengths) if n > capacity]
-    if too_long:
-        raise ValueError(f"{len(too_long)} samples are longer than the row length {capacity} (first: index {too_long[0]})")
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    with_room: list[list[int]] = [[] for _ in range(capacity + 1)]  # free tokens -> rows with that many
-    count = np.zeros(capacity + 1, dtype=np.int64)
-    bins: list[list[int]] = []
-    room: list[int] = []
-    for i in order:
-        n = max(int(lengths[i]), 1)
-        hits = np.flatnonzero(count[n:])
-        if len(hits):
-            r = n + int(hits[0])
-            b = with_room[r].pop()
-            count[r] -= 1
-        else:
-            b = len(bins)
-            bins.append([])
-            room.append(capacity)
-        bins[b].append(i)
-        room[b] -= n
-        if room[b] > 0:
-            with_room[room[b]].append(b)
-            count[room[b]] += 1
-    return bins
-
-
-def _rows(data: Any, indices: list[int]) -> list[dict[str, Any]]:
-    """Examples ``indices`` of a map-style dataset, in one read for a Hugging Face ``datasets.Dataset``."""
-    if hasattr(data, "column_names"):
-        cols = data[indices]
-        return [{k: cols[k][j] for k in cols} for j in range(len(indices))]
-    return [data[j] for j in indices]
-
-
-def concat_samples(samples: Iterable[dict[str, Any]]) -> dict[str, list[int]]:
-    """One packed row from samples: ``input_ids`` and ``labels`` concatenated, ``position_ids`` restarting at 0."""
-    ids: list[int] = []
-    labels: list[int] = []
-    pos: list[int] = []
-    for s in samples:
-        k = len(s["input_ids"])
-        ids.extend(s["input_ids"])
-        labels.extend(s["labels"])
-        pos.extend(range(k))
-    return {"input_ids": ids, "labels": labels, "position_ids": pos}
-
-
-class PackedDataset(torch.utils.data.Dataset):
-    """A map-style dataset whose row ``i`` concatenates the samples ``bins[i]`` of ``data`` (see :func:`pack`)."""
-
-    def __init__(self, data: Any, bins: list[list[int]], capacity: int, real_tokens: int):
-        self.data = data
-        self.bins = bins
-        self.capacity = capacity
-        self.real_tokens = real_tokens
-
-    @property
-    def efficiency(self) -> float:
-        """Real tokens / (rows x row length): the share of the packed tensor that is not padding."""
-        return self.real_tokens / max(1, len(self.bins) * self.capacity)
-
-    def __len__(self) -> int:
-        return len(self.bins)
-
-    def __getitem__(self, i: int) -> dict[str, list[int]]:
-        return concat_samples(_rows(self.data, self.bins[i]))
-
-
-def pack(data: Any, capacity: int, lengths: Sequence[int] | None = None) -> PackedDataset:
-    """Pack a map-style dataset of ``input_ids``/``labels`` examples into rows of at most ``capacity`` tokens.
-
-    ``lengths`` (the token count of every sample) is read from the data when not given.
-    """
-    if lengths is None:
-        lengths = [len(x) for x in data["input_ids"]] if hasattr(data, "column_names") else [len(data[i]["input_ids"]) for i in range(len(data))]
-    bins = pack_bins(lengths, capacity)
-    return PackedDataset(data, bins, capacity, int(sum(lengths)))
-
-
-def pack_stream(samples: Iterable[dict[str, Any]], capacity: int) -> Iterator[dict[str, list[int]]]:
-    """Pack a stream greedily in order: a row is emitted when the next sample does not fit."""
-    row: list[dict[str, Any]] = []
-    used = 0
-    for s in samples:
-        k = len(s["input_ids"])
-        if k > capacity:
-            s = {key: s[key][:capacity] for key in ("input_ids", "labels")}
-            k = capacity
-        if row and used + k > capacity:
-            yield concat_samples(row)
-            row, used = [], 0
-        row.append(s)
-        used += k
-    if row:
-        yield concat_samples(row)
 
 
 # --------------------------------------------------------------------------------------------------
