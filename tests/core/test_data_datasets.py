@@ -165,6 +165,21 @@ def test_streaming_dataset_yields_the_same_samples(tok, ctx, cache):
     assert [g["labels"] for g in got] == [mapped[i]["labels"] for i in range(len(mapped))]
 
 
+def test_the_tokenized_datasets_end_with_the_pipeline_keys_and_share_their_defaults():
+    # the keys stay explicit in each signature (the config schema); Pipeline.of reads them by name
+    import inspect
+
+    keys = [k for k in D.Pipeline.__dataclass_fields__ if k != "name"]
+    params = [inspect.signature(f).parameters for f in (D.instruction, D.chat, D.squad)]
+    for k in keys:
+        assert all(k in p for p in params), k
+        assert len({(p[k].default, p[k].annotation) for p in params}) == 1, k
+    assert keys[-1] == "limit" and all(list(p)[-1] == "limit" for p in params)
+    for f in (D.instruction, D.chat, D.squad, D.hellaswag):  # file_dataset gave each the shared checks
+        assert f.path_args == ("path", "cache_dir")
+        assert f.validate_args({"path": CHAT, "limit": 0}) == [("limit", "must be at least 1, got 0", "")]
+
+
 # --------------------------------------------------------------------------------------------------
 # hellaswag
 # --------------------------------------------------------------------------------------------------
