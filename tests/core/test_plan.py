@@ -19,7 +19,9 @@ from plan_helpers import quickstart_mock
 VARIANTS = {
     "full": {},
     "lora": {"transforms": [{"name": "lora", "allow_random_base": True}]},
-    "activation_checkpointing+chunked_ce": {"transforms": [{"name": "activation_checkpointing"}], "loss": {"name": "chunked_ce"}},
+    # chunk_size 8 over a 48-token vocabulary: 6 chunks, of which the plan simulates 3 (automodel.plan.plan_pass)
+    "activation_checkpointing+chunked_ce": {"transforms": [{"name": "activation_checkpointing"}],
+                                            "loss": {"name": "chunked_ce", "chunk_size": 8}},
 }
 
 
@@ -90,3 +92,16 @@ def test_run_refuses_a_plan_that_does_not_fit(tmp_path, capsys):
     assert code == 0, err
     code, _, err = run_cli(["run", str(path), "plan.memory_gb=0.02", "plan.check=false", "--dry-run"], capsys)
     assert code == 0, err
+
+
+def test_chunked_loss_planned_in_fewer_chunks_keeps_flops(tmp_path):
+    """The plan runs a chunked loss's loop as 3 chunks (memory) and as one (FLOPs): same FLOPs as any chunking."""
+    from automodel.estimate import estimate
+
+    plugins = load_plugins()
+    flops = {}
+    for chunk in (None, 8):
+        path = quickstart_mock(tmp_path / str(chunk), loss={"name": "chunked_ce", "chunk_size": chunk})
+        v = config_mod.validate(config_mod.load(str(path), []), plugins, world_size=1)
+        flops[chunk] = estimate(v.config, plugins, v.layout).flops_per_step
+    assert flops[8] == flops[None] > 0, flops

@@ -23,7 +23,7 @@ from automodel.context import Context
 from automodel.contracts import Loss, Parallelizer, Transform, member
 from automodel.errors import AutomodelError
 from automodel.mesh import Layout, build_mesh, dp_coordinates
-from automodel.plan import Estimate, GiB, Plan, find_device
+from automodel.plan import Estimate, GiB, Plan, find_device, planning
 
 #: The attention implementation the plan gives the model: SDPA without an explicit mask (full rows,
 #: causal), as fused kernels (flash / memory-efficient) run it on a GPU. Fake tensors otherwise make
@@ -143,11 +143,19 @@ def _tracker_class() -> type:
         window_peak = 0
 
         def _update_peak_stats(self, peak_state: Any) -> None:  # noqa: ANN401 - torch's signature
-            before = dict(self._peak_mem)
-            super()._update_peak_stats(peak_state)
-            total = sum(snap.get("Total", 0) for snap in self._curr_mem_snap.values())
+            # Only the global peak: torch's version also walks every module's stats on every op (what
+            # made planning a 1B model take minutes); the plan reads none of them.
+            raised = False
+            total = 0
+            for dev, dev_snap in self._curr_mem_snap.items():
+                now = dev_snap["Total"]
+                total += now
+                if self._peak_mem.get(dev, 0) < now:
+                    self._peak_mem[dev] = now
+                    self._peak_mem_snap[dev] = dict(dev_snap)
+                    raised = True
             self.window_peak = max(self.window_peak, total)
-            if any(self._peak_mem.get(d, 0) > before.get(d, 0) for d in self._peak_mem):
+            if raised:
                 self.peak_phase = self.phase
                 logits = self.logits_ref() if self.logits_ref is not None else None
                 self.logits_at_peak = _storage_bytes(logits) if logits is not None else 0
@@ -353,13 +361,15 @@ def _estimate(cfg: dict[str, Any], plugins: Any, layout: Layout | None, world_si
         from torch.utils.flop_counter import FlopCounterMode
 
         flops = FlopCounterMode(display=False)
+        # FLOPs of one micro-batch (a parallelizer that owns the step, a pipeline schedule, gets them all)
+        flop_micro = micro if tr.step_owner is not None else micro[:1]
         try:
-            with tracker:
-                tr.train_step(micro)  # step 1 creates the optimizer state
+            with tracker, planning("memory"):
+                _create_optimizer_state(params, optimizer)  # what step 1 leaves behind, without its forward/backward
                 tracker.reset_mod_stats()
                 tr.train_step(micro)
-            with flops:  # apart: the FLOP counter's module hooks would change what the tracker sees
-                tr.train_step(micro)
+            with flops, planning("flops"):  # apart: the FLOP counter's module hooks would change what the tracker sees
+                tr.train_step(flop_micro)
         except AutomodelError:
             raise
         except Exception as e:
@@ -377,7 +387,7 @@ def _estimate(cfg: dict[str, Any], plugins: Any, layout: Layout | None, world_si
             for name, value in (fn(model, ctx) or {}).items():
                 extra[f"{name} ({label})"] = int(value)
     peak += sum(extra.values())
-    per_micro = flops.get_total_flops() / len(micro)
+    per_micro = flops.get_total_flops() / len(flop_micro)
     tp = layout.plan.sizes.get("tp", 1) if (layout is not None and layout.plan is not None and mesh is not None) else 1
     if tp > 1:  # FlopCounterMode counts a tensor-parallel op at its global shape: this rank does 1/tp of it
         per_micro /= tp
@@ -438,6 +448,15 @@ def _instrument(tr: Any, tracker: Any) -> tuple[list[int], list[int]]:
     tr.forward = phased_forward
     tr.optimizer.register_step_pre_hook(optimizer_phase)
     return logits_bytes, loss_peak
+
+
+def _create_optimizer_state(params: Any, optimizer: Any) -> None:
+    """The optimizer's state as the first step creates it: one step on zero gradients (fake tensors:
+    nothing is computed), then the gradients are dropped as the loop's ``zero_grad`` does."""
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _phase_text(phase: str, n_micro: int) -> str:

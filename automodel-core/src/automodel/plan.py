@@ -7,6 +7,9 @@ estimate itself (fake tensors, fake process group, memory tracker, FLOP counter)
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +27,28 @@ DEVICES: dict[str, tuple[float, float]] = {
     "A10G-24GB": (22.0, 125.0),
     "L4-24GB": (22.0, 121.0),
 }
+
+
+_PASS: contextvars.ContextVar[str | None] = contextvars.ContextVar("automodel_plan_pass", default=None)
+
+
+def plan_pass() -> str | None:
+    """What ``automodel plan`` is simulating right now, for a component whose work repeats on fake
+    tensors: ``"memory"`` (the steps under the memory tracker), ``"flops"`` (the step under the FLOP
+    counter) or ``None`` (not planning: a real run). A loop over identical chunks may then stop early
+    under ``"memory"`` once its memory no longer changes (two rounds and the last, differently sized
+    one), and run as one chunk under ``"flops"`` (nothing is allocated for real): see docs/plan.md."""
+    return _PASS.get()
+
+
+@contextlib.contextmanager
+def planning(what: str) -> Iterator[None]:
+    """Mark the code inside as the plan's ``what`` pass (see :func:`plan_pass`)."""
+    token = _PASS.set(what)
+    try:
+        yield
+    finally:
+        _PASS.reset(token)
 
 
 def find_device(name: str) -> tuple[str, float, float] | None:

@@ -173,6 +173,8 @@ def _forward_backward(
     tokens = _Tokens.select(h, w, labels, opts.ignore_index, vocab, shard.start if shard else 0)
     cols = _chunk_columns(opts, w.shape[0], w.element_size(), tokens.n, row_stats is _torch_row_stats)
     chunks = [(c0, min(c0 + cols, w.shape[0])) for c0 in range(0, w.shape[0], cols)] if tokens.n else []
+    if len(chunks) > 3 and _is_fake(h):
+        chunks = _planned_chunks(chunks)
 
     lse, zt, zs = _logsumexp(tokens, w, chunks, row_stats, opts, shard)
     eps, zl = float(opts.label_smoothing), float(opts.z_loss)
@@ -204,6 +206,22 @@ def _forward_backward(
     if shard is not None and shard.reduce_hidden_grad:
         dist.all_reduce(acc, group=shard.group)
     return loss, tokens.scatter(acc, h), dw
+
+
+def _planned_chunks(chunks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The chunks `automodel plan` simulates on fake tensors (thousands of identical ops otherwise):
+    for its memory pass the first two and the last (each round frees what the previous one made, so
+    the peak is reached by then), for its FLOP pass one chunk of the whole vocabulary (same FLOPs)."""
+    try:
+        from automodel.plan import plan_pass
+    except ImportError:  # an automodel without it: simulate every chunk
+        return chunks
+    what = plan_pass()
+    if what == "memory":
+        return [*chunks[:2], chunks[-1]]
+    if what == "flops":
+        return [(chunks[0][0], chunks[-1][1])]
+    return chunks
 
 
 def _is_fake(t: torch.Tensor) -> bool:
