@@ -327,24 +327,87 @@ def new_plugin(name: str, kinds: tuple[str, ...], directory: str) -> None:
     click.echo(f"next: pip install -e '{out}[test]' && automodel plugins --check && pytest {out}")
 
 
-@cli.command(name="export")
+#: Prefix of the click parameter names of the options the run's components declare (no clash with the core's).
+_DECLARED = "declared__"
+
+
+class ExportCommand(click.Command):
+    """``automodel export``: the core's arguments plus the options the components of the checkpoint's run
+    declare (:mod:`automodel.export_options`), read from its config.yaml before the arguments are parsed,
+    so ``automodel export CKPT --help`` lists them and an undeclared one is refused with what the run has."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        from automodel.export_options import unknown_option_message
+
+        ctx.meta["automodel.export"] = self._declared(args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as e:
+            cfg, declared, why = ctx.meta["automodel.export"]
+            raise click.UsageError(unknown_option_message(e.option_name, cfg, declared, why), ctx) from None
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = list(self.params)
+        _, declared, _ = ctx.meta.get("automodel.export", (None, {}, ""))
+        for name, d in declared.items():
+            o = d.option
+            flag = "--" + name.replace("_", "-")
+            decls = [f"{flag}/--{o.off}" if o.off else flag, _DECLARED + name]
+            text = f"{o.help} [{', '.join(d.owners)}]"
+            if o.type is bool:
+                params.append(click.Option(decls, is_flag=True, default=None, help=text))
+            else:
+                params.append(click.Option(decls, type=o.type, default=None, help=text))
+        help_option = self.get_help_option(ctx)
+        return params + ([help_option] if help_option is not None else [])
+
+    @staticmethod
+    def _declared(args: list[str]) -> tuple[dict[str, Any] | None, dict[str, Any], str]:
+        """(the run's config, its declared options, why the run could not be read) from CKPT in ``args``."""
+        from automodel.config import load_yaml
+        from automodel.export_options import export_options_of
+        from automodel.model import find_config
+        from automodel.plugins import load_plugins
+
+        checkpoint, modules, rest = None, [], iter(args)
+        for a in rest:
+            if a == "--plugin":
+                modules.append(next(rest, ""))
+            elif a.startswith("--plugin="):
+                modules.append(a.partition("=")[2])
+            elif not a.startswith("-") and checkpoint is None:
+                checkpoint = a
+        if checkpoint is None:
+            return None, {}, "no CKPT given"
+        try:
+            cfg = load_yaml(find_config(Path(checkpoint).expanduser()))
+            plugins = load_plugins(modules + [m for m in cfg.get("plugins") or [] if isinstance(m, str)])
+            return cfg, export_options_of(cfg, plugins), ""
+        except AutomodelError as e:
+            if {"--help", "-h"} & set(args) or not Path(checkpoint).exists():
+                return None, {}, str(e)  # help still shows; a missing CKPT is click's to report
+            raise
+
+
+@cli.command(name="export", cls=ExportCommand)
 @click.argument("checkpoint", metavar="CKPT", type=click.Path(exists=True))
 @click.argument("out_dir", metavar="OUT", type=click.Path(file_okay=False))
-@click.option("--merged/--adapter-only", "merged", default=None,
-              help="LoRA runs: also write the merged model to OUT/merged, or only the adapter (default: the run's export_merged).")
 @plugin_option
-def export_cmd(checkpoint: str, out_dir: str, merged: bool | None, plugin_modules: tuple[str, ...]) -> None:
+def export_cmd(checkpoint: str, out_dir: str, plugin_modules: tuple[str, ...], **declared: Any) -> None:
     """Write a Hugging Face model (safetensors + index + config + tokenizer) from a training checkpoint.
 
     CKPT is a step_<N> directory, a checkpoint directory or a run directory (its newest complete
     checkpoint). The model is rebuilt from the checkpoint's config.yaml on CPU; OUT loads with
-    transformers.AutoModelForCausalLM.from_pretrained. A LoRA run writes a PEFT adapter directory
-    (peft.PeftModel.from_pretrained loads it) and, with --merged, the merged model in OUT/merged.
+    transformers.AutoModelForCausalLM.from_pretrained, unless a transform of the run exports itself
+    (an adapter directory, say).
+
+    The run's components may add options (a factory's export_options): `automodel export CKPT --help`
+    lists those of CKPT's run.
     """
     from automodel.model import export_checkpoint
 
-    extras = {} if merged is None else {"export_merged": merged}
-    out = export_checkpoint(checkpoint, out_dir, plugin_modules, extras=extras)
+    options = {k.removeprefix(_DECLARED): v for k, v in declared.items() if v is not None}
+    out = export_checkpoint(checkpoint, out_dir, plugin_modules, options=options)
     click.echo(f"exported {checkpoint} to {out}")
 
 

@@ -25,8 +25,12 @@ class Context:
         total_steps: optimizer steps this run trains for (set once the data is known; None before).
         train_state: the :class:`automodel.state.TrainState` (step, data position, ``metadata`` that
             checkpoints carry); restored before loggers are built, so a logger can read what it stored.
-        extras: free space for plugins to share per-run objects (key them by plugin name), and
-            per-command options (``automodel export --merged`` sets ``export_merged``).
+        export_options: the ``automodel export`` options given on the command line, by name, among
+            those the run's components declare (a factory's ``export_options``, see
+            :class:`automodel.contracts.ExportOption`); empty in a run's own final export.
+        extras: deprecated for new code: an untyped dict no core feature uses except ``extras["plan"]``
+            (True while ``automodel plan`` builds the model). Keep per-run state on your component
+            (a transform's ``after_optimizer_step`` sees the model; ``train_state.metadata`` persists).
     """
 
     rank: int = 0
@@ -42,6 +46,7 @@ class Context:
     plugins: Any = None
     total_steps: int | None = None
     train_state: Any = None
+    export_options: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -17,6 +17,7 @@ defaults as class attributes and type checking. No torch import here.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -52,6 +53,53 @@ def missing_members(obj: Any, contract: type) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 
+#: Value types an :class:`ExportOption` may take.
+EXPORT_OPTION_TYPES = (bool, str, int, float)
+
+
+@dataclass(frozen=True)
+class ExportOption:
+    """An option a component adds to ``automodel export`` (listed in its factory's ``export_options``).
+
+    * ``name``: the key in ``ctx.export_options`` and the flag ``--<name>`` (``_`` written ``-``);
+      lowercase letters, digits and ``_``.
+    * ``help``: one line for ``automodel export CKPT --help``.
+    * ``type``: ``bool`` (a switch, the default), ``str``, ``int`` or ``float`` (``--name VALUE``).
+    * ``off``: for a switch, the flag that sets it to ``False`` (``ExportOption("merged",
+      off="adapter-only", ...)`` is ``--merged/--adapter-only``).
+
+    An option left off the command line is absent from ``ctx.export_options``: the component's own
+    config key decides (``ctx.export_options.get("merged", self.export_merged)``). Options are
+    collected from the components in the checkpoint's saved config, so ``automodel export CKPT --help``
+    lists those of that run; two components may declare the same option only with the same
+    ``type`` and ``off`` (both then read the one value).
+    """
+
+    name: str
+    help: str
+    type: type = bool
+    off: str | None = None
+
+    @property
+    def flag(self) -> str:
+        """``--merged/--adapter-only``, ``--note``: how the option is written on the command line."""
+        flag = "--" + self.name.replace("_", "-")
+        return f"{flag}/--{self.off}" if self.off else flag
+
+    def problems(self) -> list[str]:
+        """What is wrong with this declaration (empty: nothing)."""
+        import re
+
+        out = []
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name or ""):
+            out.append(f"name {self.name!r} must be lowercase letters, digits and '_' (the flag is --name)")
+        if self.type not in EXPORT_OPTION_TYPES:
+            out.append(f"type {self.type!r} must be one of bool, str, int, float")
+        if self.off is not None and (self.type is not bool or not re.fullmatch(r"[a-z][a-z0-9-]*", self.off)):
+            out.append(f"off {self.off!r}: only a bool option has an off flag, written like 'adapter-only'")
+        return out
+
+
 class Factory(Protocol):
     """A registered factory. Optional attributes on the factory (function or class):
 
@@ -65,10 +113,20 @@ class Factory(Protocol):
       well-typed. Each item may also be an :class:`automodel.errors.Problem` (key relative to the
       section); :func:`automodel.errors.as_problems` turns either form into ``Problem`` objects.
     * ``path_args``: names of arguments that are local paths; the saved config holds them absolute.
+    * ``export_options``: :class:`ExportOption` items this component adds to ``automodel export`` (read
+      from the factory of a model loader, a transform or a checkpointer: the components an export
+      builds). The values given on the command line reach every component as ``ctx.export_options``.
+    * ``model_config(args) -> dict | None`` (model loaders): the architecture fields (``config.json``
+      keys: ``num_attention_heads``, ``num_hidden_layers``, ...) of the model the section's ``args``
+      describe, read without torch, weights or network; ``None`` when that cannot be known before
+      loading (a hub id). Parallelizers' ``validate_model`` checks receive it (see
+      :func:`automodel.architecture.model_architecture`), so no plugin reads another's config keys.
     """
 
     validate_args: Callable[..., list[tuple[str, str, str]]] | None = None
     path_args: Sequence[str] = ()
+    export_options: Sequence[ExportOption] = ()
+    model_config: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
@@ -94,13 +152,22 @@ class Transform(Protocol):
     * ``init_weights(model, full_size)``: initialize the weights no file holds, after loading (meta only).
     * ``metrics() -> dict``: numbers merged into every logged step (``compile``: ``compile_s``,
       ``recompiles``); a ``compile_s`` (cumulative seconds spent compiling) is kept out of ``tokens_per_s``.
+    * ``after_optimizer_step(model, ctx)``: called on every rank after each optimizer step (before the
+      step's ``on_step_end`` hooks), with the training model as wrapped: per-step work the transform
+      owns (fp8 with torchao's FP8 all-gather precomputes the next step's weight scales here). State it
+      needs lives on the transform object itself.
     * ``plan_memory(model, ctx) -> {name: bytes}`` and ``plan_unsupported`` (text): see :data:`PLAN_MEMBERS`.
+
+    What ``export`` and ``apply`` do may also depend on ``automodel export`` options the transform's
+    factory declares (``export_options``, see :class:`Factory` and :class:`ExportOption`): their values
+    are in ``ctx.export_options``.
     """
 
     export: Callable[..., None] | None = None
     checkpoint_key: Callable[[str], str | None] | None = None
     init_weights: Callable[..., None] | None = None
     metrics: Callable[[], dict[str, Any]] | None = None
+    after_optimizer_step: Callable[[Any, Any], None] | None = None
     plan_memory: Callable[[Any, Any], dict[str, int]] | None = None
     plan_unsupported: str | None = None
 
@@ -123,8 +190,12 @@ class Parallelizer(Protocol):
     * ``exclusive = None``: a reason (text) why this parallelizer cannot share the model with any other
       (DDP replicates a plain module); :func:`automodel.mesh.plan_layout` refuses such combinations
       before launch, quoting the reason.
-    * ``validate_model(model_cfg) -> [(message, hint), ...]``: checks of the ``model:`` section against
-      this layout (``size`` already resolved), run before launch; items may also be ``Problem`` objects.
+    * ``validate_model(model_cfg)`` or ``validate_model(model_cfg, architecture) -> [(message, hint), ...]``:
+      checks of the model against this layout (``size`` already resolved), run before launch; items may
+      also be ``Problem`` objects. ``architecture`` (passed when the method takes a second parameter) is
+      the model's ``config.json`` fields as its loader declares them (the loader factory's
+      ``model_config``; a vision-language model's text config), or ``None`` when the loader cannot tell
+      before loading: read heads, layers or experts there, not the loader's own keys.
     * ``grad_sync(model, enabled) -> context manager | None``: called around each micro-batch's forward
       and backward with ``enabled=False`` for all but the last micro-batch of a step, so a data-parallel
       wrapper can skip the gradient all-reduce there (FSDP2: ``set_requires_gradient_sync``; DDP:
@@ -151,7 +222,7 @@ class Parallelizer(Protocol):
     meta_init: bool = False
     param_device: str | None = None
     exclusive: str | None = None
-    validate_model: Callable[[dict[str, Any]], list[tuple[str, str]]] | None = None
+    validate_model: Callable[..., list[tuple[str, str]]] | None = None
     grad_sync: Callable[[Any, bool], Any] | None = None
     forward_backward: Callable[..., Any] | None = None
     clip_grad_norm: Callable[[Any, float], Any] | None = None

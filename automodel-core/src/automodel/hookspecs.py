@@ -62,7 +62,12 @@ def register_model_transforms(register: Register) -> None:
     before any parallelizer (the contract: :class:`automodel.contracts.Transform`). The builtin
     ``activation_checkpointing`` is one. A transform may also define ``export(model, tokenizer, out_dir, ctx)``
     (called on every rank at export; write only on ``ctx.is_main``) to change what the final export
-    writes, for example a PEFT adapter directory instead of full weights.
+    writes, for example a PEFT adapter directory instead of full weights. Its factory may declare
+    options of ``automodel export`` (``export_options = (ExportOption("merged", off="adapter-only",
+    help=...),)``, see :class:`automodel.contracts.ExportOption`): ``automodel export CKPT --help`` lists
+    those of the run's components, and the values given arrive as ``ctx.export_options`` (by name).
+    ``after_optimizer_step(model, ctx)``, if defined, runs on every rank after each optimizer step
+    (per-step work the transform owns; keep its state on the transform object).
 
     With ``ctx.meta_init`` the model ``apply`` receives is on the ``meta`` device; a transform should
     keep it there (no real weights) and let the loop load them after sharding. A transform that renames

@@ -15,6 +15,7 @@ from automodel.config import build_component
 from automodel.context import Context
 from automodel.contracts import Checkpointer, Parallelizer, Transform, member
 from automodel.errors import AutomodelError
+from automodel.export_options import check_export_options, export_options_of
 from automodel.mesh import Layout
 from automodel.weights import materialize
 
@@ -90,10 +91,11 @@ def find_config(checkpoint: Path) -> Path:
 
 
 def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                      plugin_modules: list[str] | tuple[str, ...] = (), extras: dict[str, Any] | None = None) -> Path:
+                      plugin_modules: list[str] | tuple[str, ...] = (), options: dict[str, Any] | None = None) -> Path:
     """``automodel export``: rebuild the model from the checkpoint's config (loader + transforms, on
     CPU, in this process), restore its weights through the configured checkpointer's ``load_model``,
-    and export it like the end of a run. ``extras`` go to ``ctx.extras`` (``export_merged`` for LoRA)."""
+    and export it like the end of a run. ``options`` (by name) must be export options that the run's
+    components declare (:mod:`automodel.export_options`); they reach them as ``ctx.export_options``."""
     from automodel.config import load_yaml
     from automodel.plugins import load_plugins
     from automodel.runtime import quiet_libraries
@@ -104,7 +106,8 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
     cfg = load_yaml(find_config(path))
     plugins = load_plugins(list(plugin_modules) + [m for m in cfg.get("plugins") or [] if isinstance(m, str)])
     plugins.raise_on_failures()
-    ctx = Context(device="cpu", output_dir=Path(out_dir), config=cfg, plugins=plugins, extras=dict(extras or {}))
+    check_export_options(dict(options or {}), cfg, export_options_of(cfg, plugins))
+    ctx = Context(device="cpu", output_dir=Path(out_dir), config=cfg, plugins=plugins, export_options=dict(options or {}))
     built = build_model(cfg, plugins, ctx)
     checkpointer = build_component(plugins, "checkpointers", cfg["checkpoint"], ctx)
     load_model = member(checkpointer, Checkpointer, "load_model")

@@ -317,3 +317,50 @@ def test_transformer_engine_layers_train_on_gpu(tmp_path: Path) -> None:  # prag
         loss.backward()
         assert abs(float(loss) - float(ref)) < 0.05
         assert model.model.layers[0].self_attn.q_proj.weight.grad is not None
+
+
+PRECOMPUTE = r'''
+import os, sys
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from automodel.context import Context
+from automodel.testing import tiny_model
+from automodel_fp8.transform import FP8
+from transformers import AutoModelForCausalLM
+
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
+dist.init_process_group("gloo", rank=0, world_size=1)
+model = AutoModelForCausalLM.from_pretrained(tiny_model(sys.argv[1]))
+fp8 = FP8(backend="torchao", fsdp_float8_all_gather=True, emulate=True)
+model = fp8.apply(model, Context())
+for layer in model.model.layers:
+    fully_shard(layer)
+fully_shard(model)
+ids = torch.randint(0, 40, (2, 16))
+model(input_ids=ids, labels=ids).loss.backward()
+torch.optim.SGD(model.parameters(), lr=0.1).step()
+weights = [m.weight._local_tensor for m in model.modules() if type(m).__name__ == "Float8Linear"]
+assert weights and all(getattr(w, "_precomputed_scale", None) is None for w in weights)
+fp8.after_optimizer_step(model, Context())  # what the loop calls after every optimizer step
+scales = [w._precomputed_scale for w in weights]
+amax = [w.detach().abs().max().double().clamp(min=1e-12) for w in weights]
+want = [(torch.finfo(torch.float8_e4m3fn).max / a).float() for a in amax]
+torch.testing.assert_close(torch.stack(scales), torch.stack(want))
+print("precomputed", len(scales))
+dist.destroy_process_group()
+'''
+
+
+@pytest.mark.skipif(not HAS_TORCHAO, reason="torchao not installed")
+def test_fsdp_float8_all_gather_precomputes_scales_after_the_optimizer_step(tmp_path: Path) -> None:
+    """With torchao's FP8 all-gather the transform's after_optimizer_step (a Transform contract member the
+    loop calls) sets every FP8 weight's scale from the updated weights (FSDP2, one gloo rank)."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-c", PRECOMPUTE, str(tmp_path), str(port)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "precomputed" in proc.stdout, proc.stdout + proc.stderr[-3000:]

@@ -24,17 +24,6 @@ def register_model_transforms(register):
     )
 
 
-@hookimpl
-def on_step_end(ctx, step, metrics):
-    """torchao with FP8 all-gather under FSDP2: precompute the weights' FP8 scales for the next step in
-    one all-reduce (torchao's recommended ``precompute_float8_dynamic_scale_for_fsdp``)."""
-    model = (ctx.extras or {}).get("fp8_precompute_scales")
-    if model is not None:
-        from torchao.float8 import precompute_float8_dynamic_scale_for_fsdp
-
-        precompute_float8_dynamic_scale_for_fsdp(model)
-
-
 def check_requirements() -> list[str]:
     """``automodel plugins --check``: an optional backend that is installed but does not import. A
     backend that is not installed is no problem (``backend: auto`` then uses the torch backend)."""

@@ -92,6 +92,7 @@ class FP8:
             )
         self.converted: list[str] = []  # full names of the layers apply() converted
         self.skipped: dict[str, str] = {}  # full name -> why it was kept in high precision
+        self.precompute_scales = False  # torchao FP8 all-gather: after_optimizer_step precomputes the scales (set by apply)
 
     # -- the transform contract -------------------------------------------------------------------
 
@@ -111,7 +112,7 @@ class FP8:
         if self.backend == "torch":
             self._apply_torch(model, emulate)
         elif self.backend == "torchao":
-            self._apply_torchao(model, ctx, emulate)
+            self._apply_torchao(model, emulate)
         else:
             from automodel_fp8.te import convert
 
@@ -127,6 +128,14 @@ class FP8:
         )
         return model
 
+    def after_optimizer_step(self, model: Any, ctx: Any) -> None:
+        """torchao with FP8 all-gather under FSDP2: precompute the weights' FP8 scales for the next step in
+        one all-reduce (torchao's recommended ``precompute_float8_dynamic_scale_for_fsdp``)."""
+        if self.precompute_scales:
+            from torchao.float8 import precompute_float8_dynamic_scale_for_fsdp
+
+            precompute_float8_dynamic_scale_for_fsdp(model)
+
     def checkpoint_key(self, name: str) -> str | None:
         """Parameter names are unchanged; Transformer Engine's per-layer FP8 state (``_extra_state``) is
         in no pretrained file."""
@@ -141,7 +150,7 @@ class FP8:
             Float8Linear.convert(model.get_submodule(name), rowwise=self.recipe == "rowwise",
                                  grad_dtype=DTYPES[self.grad_dtype], emulate=emulate)
 
-    def _apply_torchao(self, model: Any, ctx: Any, emulate: bool) -> None:
+    def _apply_torchao(self, model: Any, emulate: bool) -> None:
         import dataclasses
         import logging
 
@@ -163,8 +172,7 @@ class FP8:
         config = dataclasses.replace(config, **changes)
         wanted = set(self.converted)
         convert_to_float8_training(model, config=config, module_filter_fn=lambda _m, fqn: fqn in wanted)
-        if self.fsdp_float8_all_gather:
-            ctx.extras["fp8_precompute_scales"] = model
+        self.precompute_scales = self.fsdp_float8_all_gather
 
 
 # --------------------------------------------------------------------------------------------------

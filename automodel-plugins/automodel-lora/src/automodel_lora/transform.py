@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+from automodel.contracts import ExportOption
 from automodel.errors import AutomodelError
 
 ALL_LINEAR = "all-linear"
@@ -49,7 +50,14 @@ class LoRA:
 
     The adapter's ``adapter_config.json`` always names a loadable base (``base_model_name_or_path``): the
     absolute path of a local ``model.pretrained``, its hub id, or the exported ``<out>/base``.
+
+    ``automodel export`` option (declared in ``export_options``): ``--merged/--adapter-only`` overrides
+    ``export_merged`` for that export.
     """
+
+    export_options = (ExportOption("merged", off="adapter-only",
+                                   help="also write the merged model to OUT/merged, or only the adapter "
+                                   "(default: the transform's export_merged)"),)
 
     def __init__(
         self,
@@ -200,7 +208,7 @@ class LoRA:
     def export(self, model: Any, tokenizer: Any, out_dir: str | Path, ctx: Any) -> Path:
         """Write a PEFT adapter directory (``PeftModel.from_pretrained(base, out_dir)`` loads it) plus the
         tokenizer to ``out_dir``; with ``export_merged`` also the merged model to ``out_dir/merged``.
-        ``ctx.extras["export_merged"]`` (``automodel export --merged/--adapter-only``) overrides the key."""
+        ``ctx.export_options["merged"]`` (``automodel export --merged/--adapter-only``) overrides the key."""
         from automodel_lora.export import loadable_base, save_adapter, save_base, save_merged
 
         if self.peft_model is None:
@@ -213,7 +221,7 @@ class LoRA:
                       "(the adapter's base_model_name_or_path)")
         self.peft_model.peft_config[ADAPTER].base_model_name_or_path = base
         save_adapter(self.peft_model, model, tokenizer, out, ctx)
-        if (ctx.extras or {}).get("export_merged", self.export_merged):
+        if ctx.export_options.get("merged", self.export_merged):
             save_merged(self.peft_model, model, tokenizer, out / "merged", ctx)
         return out
 

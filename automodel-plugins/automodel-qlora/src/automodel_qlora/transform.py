@@ -48,7 +48,8 @@ class QLoRA(LoRA):
 
     def export(self, model: Any, tokenizer: Any, out_dir: str | Path, ctx: Any) -> Path:
         """The adapter directory (for the original base) at ``out_dir``; with ``export_merged`` (or
-        ``ctx.extras["export_merged"]``) also ``out_dir/merged``, the dequantized merged model."""
+        ``automodel export --merged``: ``ctx.export_options["merged"]``, declared by LoRA's
+        ``export_options``) also ``out_dir/merged``, the dequantized merged model."""
         from automodel_lora.export import save_adapter
 
         if self.peft_model is None:
@@ -58,7 +59,7 @@ class QLoRA(LoRA):
         if base and Path(base).expanduser().exists():  # absolute: the adapter loads from any directory
             self.peft_model.peft_config["default"].base_model_name_or_path = str(Path(base).expanduser().resolve())
         save_adapter(self.peft_model, model, tokenizer, out, ctx)
-        if (ctx.extras or {}).get("export_merged", self.export_merged):
+        if ctx.export_options.get("merged", self.export_merged):
             dtype = ((ctx.config or {}).get("model") or {}).get("dtype", "bfloat16")
             save_merged_dequantized(self.peft_model, model, tokenizer, out / "merged", ctx, dtype)
         ctx.print(f"qlora: exported the adapter to {out} (loads with peft on the original base "
