@@ -326,7 +326,7 @@ def column_problems(args: dict[str, Any], p: Path | None, keys: dict[str, str]) 
 
 #: ``check(args, file, config)``: a dataset's own checks; ``file`` is the local data file (None for a
 #: directory or a hub dataset), ``config`` the whole resolved config
-Check = Callable[[dict[str, Any], "Path | None", dict[str, Any]], Problems]
+Check = Callable[[dict[str, Any], Path | None, dict[str, Any]], Problems]
 
 
 def file_dataset(check: Check) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
