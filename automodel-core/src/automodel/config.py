@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from automodel.architecture import call_validate_model
 from automodel.contracts import Factory, Launcher, Parallelizer, member
 from automodel.errors import AutomodelError, ConfigError, Problem, as_problems, did_you_mean
 from automodel.kinds import KINDS as KIND_RECORDS
@@ -583,7 +584,7 @@ def _check_layout(cfg: dict[str, Any], plugins: Plugins, world_size: int | None)
     for i, p in enumerate(parallelizers):
         check = member(p, Parallelizer, "validate_model")
         if check is not None:
-            problems += as_problems(check(cfg["model"]), f"parallel.{i}")
+            problems += as_problems(call_validate_model(check, cfg["model"], plugins), f"parallel.{i}")
     sched = StepScheduler(**cfg["step_scheduler"])
     dp_size = layout.plan.dp_size if layout.plan else None
     problems += [Problem(f"step_scheduler.{key}", message, hint or None) for key, message, hint in sched.problems(dp_size)]

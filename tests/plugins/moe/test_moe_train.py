@@ -243,11 +243,20 @@ def test_layout_rules() -> None:
     assert any("needs fsdp2" in m for m in problems("ep"))
     for other in ("tp", "cp", "fsdp2_replicate"):
         assert problems("ep", "fsdp2", other) == [f"ep with {other} is not supported"]
-    assert ExpertParallel(size=2).validate_model({"config": MIXTRAL}) == []
-    (msg, hint), = ExpertParallel(size=8).validate_model({"config": {**MIXTRAL, "num_local_experts": 12}})
+    from automodel.architecture import call_validate_model
+    from automodel.plugins import load_plugins
+
+    plugins = load_plugins()  # the architecture comes from what the hf loader declares (its model_config)
+
+    def check(size: int, config: dict) -> list:
+        return call_validate_model(ExpertParallel(size=size).validate_model, {"name": "hf", "config": config}, plugins)
+
+    assert check(2, MIXTRAL) == []
+    (msg, hint), = check(8, {**MIXTRAL, "num_local_experts": 12})
     assert "number of experts (12) divisible by 8" in msg and "[1, 2, 3, 4, 6, 12]" in hint
-    (msg, _), = ExpertParallel(size=2).validate_model({"config": {"model_type": "llama"}})
+    (msg, _), = check(2, {"model_type": "llama"})
     assert "names no number of experts" in msg
+    assert check(8, None) == []  # a hub id: nothing known before launch
 
 
 # -- distributed: one launch each, shared --------------------------------------------------------------

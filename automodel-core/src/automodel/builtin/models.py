@@ -155,5 +155,13 @@ def _shape_problems(spec: dict[str, Any], prefix: str) -> list[tuple[str, str, s
     return []
 
 
+def _hf_model_config(args: dict[str, Any]) -> dict[str, Any] | None:
+    """The architecture fields before launch: ``config``, or a local ``pretrained`` directory's config.json."""
+    from automodel.architecture import config_json_fields
+
+    return config_json_fields(args.get("config"), args.get("pretrained"))
+
+
 hf.validate_args = _hf_validate  # type: ignore[attr-defined]
 hf.path_args = ("pretrained", "tokenizer")  # type: ignore[attr-defined]
+hf.model_config = _hf_model_config  # type: ignore[attr-defined]

@@ -238,6 +238,7 @@ def _teacher_layout(ctx: Any, plugins: Any) -> Any:
 def _teacher_section_problems(teacher: dict[str, Any], config: dict[str, Any]) -> list[tuple[str, str, str]]:
     """The teacher section checked like ``model:`` is: its loader exists, its keys and types, its own
     ``validate_args``; and every parallelizer's ``validate_model`` (e.g. TP head counts)."""
+    from automodel.architecture import call_validate_model
     from automodel.config import SUPPLIED, _component_factory, build_component, check_arguments
     from automodel.contracts import Parallelizer, member
     from automodel.plugins import load_plugins
@@ -260,7 +261,7 @@ def _teacher_section_problems(teacher: dict[str, Any], config: dict[str, Any]) -
             continue
         check = member(p, Parallelizer, "validate_model")
         if check is not None:
-            out += [("teacher", f"parallel.{i}: {message}", hint or "") for message, hint in check(teacher) or []]
+            out += [("teacher", f"parallel.{i}: {message}", hint or "") for message, hint in call_validate_model(check, teacher, plugins) or []]
     return out
 
 

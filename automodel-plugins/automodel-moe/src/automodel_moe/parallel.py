@@ -5,7 +5,6 @@ from __future__ import annotations
 from types import MethodType
 from typing import Any
 
-from automodel.architecture import read_model_config
 from automodel.errors import AutomodelError
 
 from automodel_moe.config import expert_count
@@ -45,9 +44,10 @@ class ExpertParallel:
                 out.append(("", f"ep with {other} is not supported", f"remove {{name: {other}}} or the ep parallelizer"))
         return out
 
-    def validate_model(self, model_cfg: dict[str, Any]) -> list[tuple[str, str]]:
-        """The number of experts must split evenly over ``size`` ranks."""
-        config = read_model_config(model_cfg)
+    def validate_model(self, model_cfg: dict[str, Any], architecture: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+        """The number of experts must split evenly over ``size`` ranks (when the loader declares the
+        model's architecture before launch)."""
+        config = architecture
         if not config or not self.size:
             return []
         n = expert_count(config)

@@ -133,16 +133,20 @@ class Pipeline:
             if (t.get("name") or t.get("_target_")) in ("lora", "qlora", "compile"):
                 out.append(("", f"pp does not support the '{t.get('name')}' transform yet",
                             "drop the transform, or train without pp"))
-        model_cfg = (config.get("model") or {}).get("config") or {}
-        layers = model_cfg.get("num_hidden_layers") if isinstance(model_cfg, dict) else None
-        if isinstance(layers, int) and layers < n_stages:
-            out.append(("size", f"{n_stages} stages need at least {n_stages} decoder blocks; model.config.num_hidden_layers is {layers}",
-                        "lower pp.size or stages_per_rank"))
         split = args.get("split_points")
         if split is not None and (not isinstance(split, list) or len(split) != n_stages - 1):
             out.append(("split_points", f"{n_stages} stages need {n_stages - 1} split points, got {split!r}",
                         "list the first block of every stage but the first, e.g. [2] for 2 stages"))
         return out
+
+    def validate_model(self, model_cfg: dict[str, Any], architecture: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+        """Every stage needs a decoder block (when the loader declares the model's architecture before launch)."""
+        layers = (architecture or {}).get("num_hidden_layers")
+        n_stages = self.size * stages_per_rank(self.schedule, self.stages_per_rank)
+        if isinstance(layers, int) and layers < n_stages:
+            return [(f"{n_stages} stages need at least {n_stages} decoder blocks; the model has {layers} (num_hidden_layers)",
+                     "lower pp.size or stages_per_rank")]
+        return []
 
     # -- the contract -----------------------------------------------------------------------------
 

@@ -258,5 +258,13 @@ def _layout_problems(args: dict[str, Any], config: dict[str, Any]) -> list[tuple
     return out
 
 
+def _model_config(args: dict[str, Any]) -> dict[str, Any] | None:
+    """The architecture fields before launch: a local ``pretrained`` directory's config.json."""
+    from automodel.architecture import config_json_fields
+
+    return config_json_fields(None, args.get("pretrained"))
+
+
 hf_quantized.validate_args = validate_args  # type: ignore[attr-defined]
 hf_quantized.path_args = ("pretrained", "tokenizer")  # type: ignore[attr-defined]
+hf_quantized.model_config = _model_config  # type: ignore[attr-defined]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from automodel.architecture import read_model_config
 from automodel.errors import AutomodelError
 
 from automodel_tp.validate import head_problems
@@ -54,13 +53,12 @@ class TensorParallel:
                 out.append((f"plan.{pattern}", f"unknown style '{style}'", f"use one of: {', '.join(STYLE_NAMES)}"))
         return out
 
-    def validate_model(self, model_cfg: dict[str, Any]) -> list[tuple[str, str]]:
+    def validate_model(self, model_cfg: dict[str, Any], architecture: dict[str, Any] | None = None) -> list[tuple[str, str]]:
         """Attention heads and KV heads must split evenly over ``size`` ranks (checked before launch when
-        the model's config can be read from ``model.config`` or ``<model.pretrained>/config.json``)."""
-        if not self.size or self.size == 1:
+        the model's loader declares its architecture; else when the model is built)."""
+        if not self.size or self.size == 1 or not architecture:
             return []
-        config = read_model_config(model_cfg)
-        return head_problems(config, self.size) if config else []
+        return head_problems(architecture, self.size)
 
     # -- in each process ------------------------------------------------------------------------------
 

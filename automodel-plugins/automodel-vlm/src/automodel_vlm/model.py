@@ -278,5 +278,14 @@ def _validate(args: dict[str, Any]) -> list[tuple[str, str, str]]:
     return out
 
 
+def _model_config(args: dict[str, Any]) -> dict[str, Any] | None:
+    """The language model's architecture fields before launch (``text_config`` of ``config`` or of a local
+    ``pretrained`` directory's config.json): what tp and ep check against."""
+    from automodel.architecture import config_json_fields
+
+    return config_json_fields(args.get("config"), args.get("pretrained"))
+
+
 hf_vlm.validate_args = _validate  # type: ignore[attr-defined]
 hf_vlm.path_args = ("pretrained", "processor")  # type: ignore[attr-defined]
+hf_vlm.model_config = _model_config  # type: ignore[attr-defined]
