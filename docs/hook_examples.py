@@ -29,6 +29,9 @@ def tiny_random_llama(ctx: Any, tokenizer: str, hidden_size: int = 64, num_hidde
 
 
 tiny_random_llama.path_args = ("tokenizer",)  # the saved config holds it as an absolute path
+# the architecture before launch, for parallelizers' validate_model checks (tp: heads divisible by its size)
+tiny_random_llama.model_config = lambda args: {"hidden_size": args.get("hidden_size", 64), "num_attention_heads": 4,
+                                               "num_key_value_heads": 4, "num_hidden_layers": args.get("num_hidden_layers", 2)}
 
 
 @hookimpl
@@ -47,9 +50,34 @@ class FreezeEmbeddings:
         return model
 
 
+class MaxNormEmbeddings:
+    """Max-norm regularization: after every optimizer step, input-embedding rows longer than ``max_norm``
+    are scaled back to it (for an unsharded embedding)."""
+
+    def __init__(self, max_norm: float = 1.0):
+        self.max_norm = max_norm
+        self.rescaled = 0  # rows rescaled so far; state lives on the transform, not in ctx
+
+    def apply(self, model: Any, ctx: Any) -> Any:
+        return model
+
+    def after_optimizer_step(self, model: Any, ctx: Any) -> None:
+        import torch
+
+        weight = model.get_input_embeddings().weight
+        with torch.no_grad():
+            norms = weight.norm(dim=1, keepdim=True)
+            self.rescaled += int((norms > self.max_norm * 1.0001).sum())  # rows at max_norm stay (rounding)
+            weight.mul_((self.max_norm / norms).clamp(max=1.0))
+
+    def metrics(self) -> dict[str, Any]:
+        return {"max_norm_rescaled": self.rescaled}
+
+
 @hookimpl
 def register_model_transforms(register):
     register("freeze_embeddings", FreezeEmbeddings)
+    register("max_norm_embeddings", MaxNormEmbeddings)
 
 
 # --- register_parallelizers -----------------------------------------------------------------------

@@ -42,7 +42,7 @@ def test_examples_pass_the_conformance_kit(examples_importable, tmp_path: Path, 
         "jsonl_text": {"path": str(data)},
     })
     checked = "\n".join(report.checked)
-    for name in ("tiny_random_llama", "freeze_embeddings", "replicate", "jsonl_text", "smoothed_ce", "sgd_nesterov",
+    for name in ("tiny_random_llama", "freeze_embeddings", "max_norm_embeddings", "replicate", "jsonl_text", "smoothed_ce", "sgd_nesterov",
                  "step_decay", "keep_two", "niced", "csv"):
         assert name in checked, (name, str(report))
 
@@ -54,7 +54,7 @@ def test_one_run_uses_every_example(examples_importable, tmp_path: Path, tiny_mo
         tmp_path, tiny_model_dir,
         plugins=["hook_examples"],
         model={"name": "tiny_random_llama", "tokenizer": str(tiny_model_dir), "hidden_size": 32},
-        transforms=[{"name": "freeze_embeddings"}],
+        transforms=[{"name": "max_norm_embeddings", "max_norm": 0.05}, {"name": "freeze_embeddings"}],
         loss={"name": "smoothed_ce", "smoothing": 0.05},
         optimizer={"name": "sgd_nesterov", "lr": 0.05},
         lr_scheduler={"name": "step_decay", "every": 2},
@@ -67,6 +67,8 @@ def test_one_run_uses_every_example(examples_importable, tmp_path: Path, tiny_mo
     assert "[example] training" in proc.stdout and "[example] checkpoint for step" in proc.stdout, proc.stdout
     losses = [r["loss"] for r in read_metrics(run)]
     assert len(losses) == 6 and losses[-1] < losses[0], losses
+    rescaled = [r["max_norm_rescaled"] for r in read_metrics(run)]  # after_optimizer_step ran after every step
+    assert rescaled[0] > 0 and rescaled[1:] == rescaled[:1] * 5, rescaled  # frozen: rescaled once, then all at 0.05
     assert (run / "metrics.csv").read_text().count("\n") == 7  # header + one row per step
     assert json.loads((run / "DONE").read_text())
     assert len(list((run / "checkpoints").glob("step_*"))) <= 2

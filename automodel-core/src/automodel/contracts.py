@@ -152,8 +152,8 @@ class Transform(Protocol):
     * ``init_weights(model, full_size)``: initialize the weights no file holds, after loading (meta only).
     * ``metrics() -> dict``: numbers merged into every logged step (``compile``: ``compile_s``,
       ``recompiles``); a ``compile_s`` (cumulative seconds spent compiling) is kept out of ``tokens_per_s``.
-    * ``after_optimizer_step(model, ctx)``: called on every rank after each optimizer step (before the
-      step's ``on_step_end`` hooks), with the training model as wrapped: per-step work the transform
+    * ``after_optimizer_step(model, ctx)``: called on every rank right after each optimizer step (before
+      the step is logged and its ``on_step_end`` hooks run), with the training model as wrapped: per-step work the transform
       owns (fp8 with torchao's FP8 all-gather precomputes the next step's weight scales here). State it
       needs lives on the transform object itself.
     * ``plan_memory(model, ctx) -> {name: bytes}`` and ``plan_unsupported`` (text): see :data:`PLAN_MEMBERS`.

@@ -49,7 +49,10 @@ def register_model_loaders(register: Register) -> None:
     ``PreTrainedModel`` for the builtin export to work) and its tokenizer. When ``ctx.meta_init`` is true
     (a parallelizer asked for it), the loader should build the model on the ``meta`` device and record
     where its weights come from in ``model.config.name_or_path``; the loop materializes it after
-    sharding. The builtin loader is ``hf``.
+    sharding. The builtin loader is ``hf``. A factory attribute ``model_config(args) -> dict | None``
+    declares the model's architecture (``config.json`` fields) from the section's arguments before
+    launch, without torch or network (``None``: not known before loading); parallelizers'
+    ``validate_model`` checks receive it, so none reads the loader's keys.
     """
 
 
@@ -101,8 +104,9 @@ def register_parallelizers(register: Register) -> None:
     the loader to build the model on the meta device, and the loop then materializes and loads the
     weights (:mod:`automodel.weights`) after every parallelizer has run; ``param_device`` (``"cpu"``
     for CPU offload) is where parameters get storage; ``exclusive`` (a reason) refuses any other
-    parallelizer next to this one, before launch; ``validate_model(model_cfg)`` checks the model
-    against the layout before launch; ``forward_backward`` (with ``clip_grad_norm``) runs the forward and
+    parallelizer next to this one, before launch; ``validate_model(model_cfg, architecture)`` checks the
+    model against the layout before launch (``architecture``: what the loader's ``model_config``
+    declares, or ``None``); ``forward_backward`` (with ``clip_grad_norm``) runs the forward and
     backward of a whole optimizer step itself (a pipeline schedule, automodel-pp) instead of the loop's
     micro-batch loop. Parallelizers are applied innermost first: ``tp``, ``cp``, ``ep``, ``dp_shard``,
     ``dp_replicate``, except ``pp``, applied first (it cuts this rank's stage out of the model). Data-parallel

@@ -402,13 +402,13 @@ class Trainer:
                 micro = [{k: v.to(ctx.device, non_blocking=True) for k, v in self._next_batch(batches).items()}
                          for _ in range(self.accum)]
                 result = self.train_step(micro)
+                for t in self.built.transforms:  # per-step work a transform owns (fp8: next step's FP8 scales)
+                    if (after_step := member(t, Transform, "after_optimizer_step")) is not None:
+                        after_step(self.model, ctx)
                 step = self.train_state.step
                 metrics = {"lr": result.lr}
                 if step % sched.log_every_steps == 0 or step == total:
                     metrics.update(self.log(step, result))
-                for t in self.built.transforms:  # per-step work a transform owns (fp8: next step's FP8 scales)
-                    if (after_step := member(t, Transform, "after_optimizer_step")) is not None:
-                        after_step(self.model, ctx)
                 call_hook(self.plugins, "on_step_end", ctx=ctx, step=step, metrics=metrics)
                 if self.val_data is not None and sched.val_every_steps and (step % sched.val_every_steps == 0 or step == total):
                     metrics.update(self.validate(step))
