@@ -285,6 +285,17 @@ def {name}_model(ctx: Any, pretrained: str, dtype: str = "float32") -> tuple[Any
     else:
         model = AutoModelForCausalLM.from_pretrained(pretrained, torch_dtype=torch_dtype)
     return model, tokenizer
+
+
+def _{name}_model_config(args: dict[str, Any]) -> dict[str, Any] | None:
+    """The architecture before launch (what tp/ep's validate_model checks): config.json of a local
+    ``pretrained`` directory, None for a hub id (checked on the loaded model then)."""
+    from automodel.architecture import config_json_fields
+
+    return config_json_fields(None, args.get("pretrained"))
+
+
+{name}_model.model_config = _{name}_model_config  # type: ignore[attr-defined]
 '''),
 }
 
