@@ -51,30 +51,58 @@ def _factory(plugins: Any, kind: str, section: dict[str, Any]) -> Any:
     return import_target(target) if target else plugins.registry.get(kind, section["name"]).resolve()
 
 
+def _words(option: ExportOption) -> list[str]:
+    """The flag words of an option: ``merged``, ``adapter-only``."""
+    return [option.name.replace("_", "-"), *([option.off] if option.off else [])]
+
+
+def declaration_problems(factory: Any) -> list[str]:
+    """What is wrong with a factory's own ``export_options`` (and ``model_config``) declaration: found when
+    the factory is resolved (``automodel plugins --check``, the conformance kit, any run), so a plugin
+    author sees it at once. Clashes between two components are :func:`export_options_of`'s."""
+    out = []
+    read = member(factory, Factory, "model_config")
+    if read is not None and not callable(read):
+        out.append(f"model_config must be a function (args) -> dict | None, got {type(read).__name__}")
+    options = member(factory, Factory, "export_options")
+    if not isinstance(options, (list, tuple)):
+        return [*out, f"export_options must be a tuple of automodel.contracts.ExportOption, got {type(options).__name__}"]
+    flags: dict[str, str] = {}  # every flag word -> the option that uses it
+    for option in options:
+        if not isinstance(option, ExportOption):
+            out.append(f"export_options holds {option!r}, not an automodel.contracts.ExportOption")
+            continue
+        problems = option.problems()
+        problems += [f"--{w} is automodel export's own flag" for w in _words(option) if w in RESERVED_FLAGS]
+        problems += [f"--{w} is already the flag of the option '{flags[w]}'" for w in _words(option) if w in flags]
+        flags.update(dict.fromkeys(_words(option), option.name))
+        out += [f"export option '{option.name}': {p}" for p in problems]
+    return out
+
+
 def export_options_of(cfg: dict[str, Any], plugins: Any) -> dict[str, DeclaredOption]:
     """The export options the model loader, transforms and checkpointer of ``cfg`` declare (their
-    factories' ``export_options``), by name. A malformed declaration, a flag of ``automodel export``'s
-    own, or one name declared differently by two components is a :class:`PluginError` naming them."""
+    factories' ``export_options``), by name. A malformed declaration (:func:`declaration_problems`), or
+    one name or flag used differently by two components, is a :class:`PluginError` naming them."""
     found: dict[str, DeclaredOption] = {}
     flags: dict[str, str] = {}  # every flag word -> the option that uses it
     for key, kind, section in _components(cfg):
         label = f"{key} ({section.get('name') or section.get('_target_')})"
-        for option in member(_factory(plugins, kind, section), Factory, "export_options") or ():
-            if not isinstance(option, ExportOption):
-                raise PluginError(f"{label}: export_options holds {option!r}, not an automodel.contracts.ExportOption")
-            problems = option.problems()
-            words = [option.name.replace("_", "-"), *([option.off] if option.off else [])]
-            problems += [f"--{w} is automodel export's own flag" for w in words if w in RESERVED_FLAGS]
-            problems += [f"--{w} is already the flag of the option '{flags[w]}'" for w in words
-                         if flags.get(w, option.name) != option.name]
-            if problems:
-                raise PluginError(f"{label}: export option '{option.name}': " + "; ".join(problems))
+        factory = _factory(plugins, kind, section)
+        problems = declaration_problems(factory)
+        if problems:
+            raise PluginError(f"{label}: " + "; ".join(problems))
+        for option in member(factory, Factory, "export_options"):
             seen = found.get(option.name)
             if seen is not None and (seen.option.type, seen.option.off) != (option.type, option.off):
                 raise PluginError(f"{label} declares the export option {option.flag} ({option.type.__name__}), which "
                                   f"{', '.join(seen.owners)} declares as {seen.option.flag} ({seen.option.type.__name__}): "
                                   "one option, one meaning; rename one of them")
-            flags.update(dict.fromkeys(words, option.name))
+            clash = [w for w in _words(option) if flags.get(w, option.name) != option.name]
+            if clash:
+                raise PluginError(f"{label}: export option '{option.name}': --{clash[0]} is already the flag of the option "
+                                  f"'{flags[clash[0]]}' of {', '.join(found[flags[clash[0]]].owners)}")
+            flags.update(dict.fromkeys(_words(option), option.name))
             found.setdefault(option.name, DeclaredOption(option)).owners.append(label)
     return found
 

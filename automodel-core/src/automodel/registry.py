@@ -199,6 +199,9 @@ def signature_problems(kind: str, factory: Any) -> tuple[list[str], list[str]]:
         if missing:
             problems.append(f"{what}: a {noun} must have {', '.join(missing)} "
                             f"(see automodel.contracts.{contract.__name__})")
+    from automodel.export_options import declaration_problems
+
+    problems += [f"{what}: {p}" for p in declaration_problems(factory)]
     warnings = []
     if var_kw is not None:
         warnings.append(f"{what} takes **{var_kw.name}: `automodel validate` cannot check this {noun}'s keys "
