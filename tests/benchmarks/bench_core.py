@@ -58,7 +58,7 @@ def automodel_loop(model_dir: Path, out: Path, steps: int) -> float:
     plugins = load_plugins(entry_points=False)
     timer = StepTimer()
     plugins.pm.register(timer)
-    train(config_mod.resolve(raw, plugins, world_size=1), plugins)
+    train(config_mod.validate(raw, plugins, world_size=1))
     return tokens_per_s(timer.times)
 
 

@@ -30,12 +30,12 @@ def base(tmp_path, tiny_model_dir):
 
 def problems(raw, plugins):
     with pytest.raises(ConfigError) as e:
-        config.resolve(raw, plugins, source="cfg.yaml")
+        config.validate(raw, plugins, source="cfg.yaml")
     return e.value
 
 
 def test_defaults_fill_every_section(base, plugins):
-    cfg = config.resolve(base, plugins)
+    cfg = config.validate(base, plugins).config
     assert cfg["loss"] == {"name": "masked_ce"}
     assert [lg["name"] for lg in cfg["loggers"]] == ["console", "jsonl"]
     assert cfg["launcher"]["name"] == "local" and cfg["parallel"] == []
@@ -99,7 +99,7 @@ def test_batch_sizes_must_fit_data_parallelism(base, plugins):
 
 def test_several_processes_default_to_ddp(base, plugins):
     sched = {"global_batch_size": 8, "local_batch_size": 4}
-    cfg = config.resolve({**base, "launcher": {"name": "local", "nproc_per_node": 2}, "step_scheduler": sched}, plugins)
+    cfg = config.validate({**base, "launcher": {"name": "local", "nproc_per_node": 2}, "step_scheduler": sched}, plugins).config
     assert cfg["parallel"] == [{"name": "ddp"}]
 
 
@@ -121,7 +121,7 @@ def test_target_sections_are_validated_against_the_callable(base, plugins):
     raw = {**base, "optimizer": {"_target_": "automodel.builtin.optim:sgd", "lr": 0.1, "momentom": 0.9}}
     err = str(problems(raw, plugins))
     assert "optimizer.momentom: unknown key" in err and "did you mean 'momentum'?" in err
-    cfg = config.resolve({**base, "optimizer": {"_target_": "automodel.builtin.optim:sgd", "lr": 0.1}}, plugins)
+    cfg = config.validate({**base, "optimizer": {"_target_": "automodel.builtin.optim:sgd", "lr": 0.1}}, plugins).config
     assert cfg["optimizer"]["_target_"] == "automodel.builtin.optim:sgd"
 
 
@@ -171,10 +171,10 @@ def test_local_paths_are_saved_absolute_hub_ids_are_not(base, plugins, tmp_path,
     data = base["dataset"]["path"]
     raw = {**base, "model": {"name": "hf", "pretrained": tiny_model_dir.name},
            "dataset": {**base["dataset"], "path": os.path.relpath(data)}}
-    cfg = config.resolve(raw, plugins)
+    cfg = config.validate(raw, plugins).config
     assert cfg["model"]["pretrained"] == str(tiny_model_dir) and cfg["dataset"]["path"] == str(Path(data).resolve())
     hub = {**base, "model": {"name": "hf", "pretrained": "meta-llama/Llama-3.2-1B", "tokenizer": tiny_model_dir.name}}
-    cfg = config.resolve(hub, plugins)
+    cfg = config.validate(hub, plugins).config
     assert cfg["model"]["pretrained"] == "meta-llama/Llama-3.2-1B" and cfg["model"]["tokenizer"] == str(tiny_model_dir)
 
 
@@ -234,4 +234,4 @@ def test_annotations_resolve_in_the_factory_module(base, tmp_path, monkeypatch):
     plugins = load_plugins(["alias_plugin"], entry_points=False)
     err = str(problems({**base, "loggers": [{"name": "alias_logger", "mode": "fsat"}]}, plugins))
     assert "loggers.0.mode: expected one of 'fast', 'slow', got str 'fsat'" in err and "did you mean 'fast'?" in err
-    assert config.resolve({**base, "loggers": [{"name": "alias_logger", "mode": "slow"}]}, plugins)["loggers"][0]["mode"] == "slow"
+    assert config.validate({**base, "loggers": [{"name": "alias_logger", "mode": "slow"}]}, plugins).config["loggers"][0]["mode"] == "slow"

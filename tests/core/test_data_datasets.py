@@ -250,7 +250,7 @@ def plugins():
 def problems(dataset, plugins, model_dir="unused") -> str:
     raw = {"model": {"name": "hf", "pretrained": model_dir}, "dataset": dataset}
     with pytest.raises(ConfigError) as e:
-        config.resolve(raw, plugins, source="cfg.yaml")
+        config.validate(raw, plugins, source="cfg.yaml")
     return str(e.value)
 
 
@@ -266,9 +266,9 @@ def test_config_validation_before_launch(plugins, tiny_model_dir):
     err = problems({"name": "instruction", "path": SQUAD, "prompt": "question", "response": "id",
                     "prompt_template": "{ctx}: {prompt}"}, plugins, str(tiny_model_dir))
     assert "{ctx} name no column" in err and "context" in err
-    cfg = config.resolve({"model": {"name": "hf", "pretrained": str(tiny_model_dir)},
+    cfg = config.validate({"model": {"name": "hf", "pretrained": str(tiny_model_dir)},
                           "dataset": {"name": "chat", "path": CHAT, "packing": True, "truncation": "drop",
-                                      "chat_template": WITH_GENERATION}}, plugins)  # the tiny tokenizer has none
+                                      "chat_template": WITH_GENERATION}}, plugins).config  # the tiny tokenizer has none
     assert cfg["dataset"]["truncation"] == "drop"
     err = problems({"name": "chat", "path": CHAT}, plugins, str(tiny_model_dir))  # found before the model is built
     assert "dataset.chat_template: is not set and the tokenizer at" in err and "has no chat template" in err

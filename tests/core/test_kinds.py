@@ -1,6 +1,7 @@
 """One record per kind of component (automodel.kinds): every table the core reads derives from it, every
 kind has its hookspec, contract, scaffold stub, conformance check and docs, and a new kind is one record
-plus its hookspec (measured by adding a throwaway kind in a fresh process)."""
+plus its hookspec, and the loop uses it with one call (measured by adding a throwaway kind in a fresh process:
+the script touches exactly three places: the record, the hookspec and the line that builds it)."""
 
 from __future__ import annotations
 
@@ -74,12 +75,20 @@ try:
     typo = None
 except Exception as e:
     typo = str(e)
+# place 3: the loop's call site, one line: the bound plan builds it with what the kind declares
+evaluator = validated.one("evaluator").build(ctx="the ctx")
+try:
+    validated.one("evaluator").build()
+    mismatch = None
+except TypeError as e:
+    mismatch = str(e)
 print(json.dumps({
     "registry": registry.KINDS.get("evaluators"), "supplied": config.SUPPLIED.get("evaluators"),
     "section": getattr(config.SECTIONS.get("evaluator"), "kind", None),
     "contract": getattr(contracts.CONTRACTS.get("evaluators"), "__name__", None),
     "registered": registry.KINDS and plugins.registry.names("evaluators"),
-    "validated": validated.config["evaluator"], "typo": typo,
+    "validated": validated.config["evaluator"], "typo": typo, "built": [evaluator.ctx, evaluator.every], "mismatch": mismatch,
+    "origin": validated.one("evaluator").origin.label,
     "scaffold_stub": "evaluator" in scaffold.STUBS,
 }))
 '''
@@ -90,7 +99,7 @@ from automodel import hookimpl
 
 class Mine:
     def __init__(self, ctx, every: int = 1):
-        self.every = every
+        self.ctx, self.every = ctx, every
 
     def log(self, metrics, step):
         pass
@@ -116,5 +125,7 @@ def test_a_new_kind_is_one_record_and_its_hookspec(tmp_path, tiny_model_dir) -> 
     assert out["registry"] == ["register_evaluators", "evaluator"] and out["supplied"] == ["ctx"]
     assert out["section"] == "evaluators" and out["contract"] == "Logger" and out["registered"] == ["mine"]
     assert out["validated"] == {"name": "mine", "every": 2}
+    assert out["built"] == ["the ctx", 2] and "evaluator 'mine' (evaluator, plugin evalplug)" in out["origin"]
+    assert "the kind declares ['ctx']" in out["mismatch"]
     assert "evaluator.evrey: unknown key" in out["typo"]
     assert out["scaffold_stub"] is False  # the completeness test above would ask for it (and a contract, a check, docs)

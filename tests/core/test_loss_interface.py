@@ -130,7 +130,7 @@ def test_a_distillation_loss_gets_batch_model_ctx_and_setup_without_hooks(tmp_pa
     calls = sys.modules[kd_module].CALLS
     # validate_args(args, config) saw the whole config, defaults of sections the file leaves out included
     assert ("validate_args", sorted(config.SECTIONS)) in calls
-    trainer = Trainer(validated.config, plugins, validated.layout)
+    trainer = Trainer(validated)
     setups = [c for c in calls if c[0] == "setup"]
     # once, with the built model, before the optimizer: the student's optimizer holds no teacher weight
     assert setups == [("setup", "LlamaForCausalLM", 2)]

@@ -91,7 +91,7 @@ def test_a_packed_run_selects_sdpa_packed_by_name(tmp_path: Path, tiny_model_dir
                       dataset={"name": "instruction", "path": str(tmp_path / "data.jsonl"), "prompt": "question",
                                "response": "answer", "packing": True, "max_length": 32, "pack_length": 128})
     validated = config.validate(config.load(cfg), plugins)
-    t = Trainer(validated.config, plugins, validated.layout)
+    t = Trainer(validated)
     try:
         assert t.hf_model.config._attn_implementation == NAME
         micro = [t.data.loader.collate_fn([t.data.dataset[i] for i in range(4)])]

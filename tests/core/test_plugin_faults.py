@@ -111,7 +111,7 @@ def _run(tmp_path: Path, model_dir: Path, **sections) -> Trainer:
     sections.setdefault("step_scheduler", SCHED)
     plugins = load_plugins(["faultplug"])
     validated = config.validate(config.load(make_config(tmp_path, model_dir, plugins=["faultplug"], **sections)), plugins)
-    trainer = Trainer(validated.config, plugins, validated.layout)
+    trainer = Trainer(validated)
     trainer.run()
     return trainer
 

@@ -46,7 +46,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict
         validated = config.validate(config.load(cfg), plugins)
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
-            Trainer(validated.config, plugins, validated.layout).run()
+            Trainer(validated).run()
         out[name] = {"dir": root / name, "stdout": printed.getvalue()}
     page = root / "page" / "report.html"
     out["cli"] = run_cli("report", root / "base", root / "fast", "-o", page)

@@ -21,7 +21,7 @@ from automodel.train import Diverged, Trainer
 def _trainer(tmp_path: Path, model_dir: Path, **sections) -> Trainer:
     plugins = load_plugins()
     validated = config.validate(config.load(make_config(tmp_path, model_dir, **sections)), plugins)
-    return Trainer(validated.config, plugins, validated.layout)
+    return Trainer(validated)
 
 
 @pytest.fixture

@@ -136,7 +136,7 @@ plugin_option = click.option(
 def _prepare(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str, ...], world_size: int | None = None,
              run_targets: bool = False) -> tuple[Any, Any]:
     """Load, override, load plugins, validate (``run_targets``: see :func:`automodel.config.validate`).
-    Returns (:class:`automodel.config.Validated`, plugins)."""
+    Returns (the bound :class:`automodel.bound.RunPlan`, plugins)."""
     from automodel import config as config_mod
     from automodel.plugins import load_plugins
 
@@ -177,7 +177,7 @@ def run(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str,
         # not (a Slurm job: `automodel run` submitted it and exits) takes or adopts it (see lock_for_worker)
         lock = lock_for_worker(validated.config["output_dir"]) if os.environ.get("RANK", "0") == "0" else None
         try:
-            train(validated.config, plugins, validated.layout)
+            train(validated)
         finally:
             if lock is not None:
                 lock.release()
@@ -191,7 +191,7 @@ def run(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str,
     out = Path(cfg["output_dir"])
     saved = out / "config.yaml"
     if dry_run:  # a dry run writes nothing (an existing run's config.yaml stays as it is) and runs no _target_
-        job = Job(cfg, saved.resolve(), list(plugin_modules), plugins, validated.layout)
+        job = Job(cfg, saved.resolve(), list(plugin_modules), plugins, validated.layout, validated)
         name = cfg["launcher"].get("name", cfg["launcher"].get("_target_"))
         if launcher is None:
             raise AutomodelError(f"--dry-run: the launcher is a _target_ ({name}), which a dry run does not call; "
@@ -203,7 +203,7 @@ def run(config_path: str, overrides: tuple[str, ...], plugin_modules: tuple[str,
         return
     with RunLock(out, report=lambda m: click.echo(m, err=True)):  # before config.yaml: a second run changes nothing
         saved.write_text(config_mod.dump(cfg))  # the one copy: workers and `automodel export` read it
-        job = Job(cfg, saved.resolve(), list(plugin_modules), plugins, validated.layout)
+        job = Job(cfg, saved.resolve(), list(plugin_modules), plugins, validated.layout, validated)
         code = launcher.launch(job)
     sys.exit(code)
 

@@ -7,7 +7,8 @@ returns (:mod:`automodel.contracts`), its ``automodel new-plugin --kind`` name, 
 packages that provide components of it. The tables the rest of the core reads are derived from
 :data:`KINDS`: ``registry.KINDS`` and ``registry.FIRST_PARTY``, the component sections of
 ``config.SECTIONS`` and ``config.SUPPLIED``, ``contracts.CONTRACTS``, the scaffold's kinds and aliases,
-the CLI's ``--kind`` help and the generated docs. Adding a kind is one :class:`Kind` here, its hookspec
+the CLI's ``--kind`` help and the generated docs. The loop builds every component through
+:meth:`automodel.bound.Bound.build`, which takes exactly the kind's ``supplied`` arguments. Adding a kind is one :class:`Kind` here, its hookspec
 in :mod:`automodel.hookspecs`, its contract and its scaffold stub; ``tests/core/test_kinds.py`` checks
 that every kind has all of them.
 

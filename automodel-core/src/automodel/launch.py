@@ -22,6 +22,8 @@ class Job:
         plugin_modules: local plugin modules (``--plugin``) that workers must load too.
         plugins: the loaded plugins of this process (for in-process training).
         layout: the validated :class:`automodel.mesh.Layout` (for in-process training).
+        run: the bound :class:`automodel.bound.RunPlan` of this process (for in-process training: the
+            loop builds from it; a launched process validates the saved config itself).
     """
 
     config: dict[str, Any]
@@ -29,6 +31,7 @@ class Job:
     plugin_modules: list[str] = field(default_factory=list)
     plugins: Any = None
     layout: Any = None
+    run: Any = None
 
     def worker_command(self) -> list[str]:
         """The command a launched process runs: ``automodel run <config_path>`` plus local plugins."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from automodel.config import build_component
+from automodel.bound import Bound, bind_validated
 from automodel.context import Context
 from automodel.contracts import Checkpointer, Parallelizer, Transform, member
 from automodel.errors import AutomodelError
@@ -29,15 +29,17 @@ class BuiltModel:
     transforms: list[Any] = field(default_factory=list)
 
 
-def build_model(cfg: dict[str, Any], plugins: Any, ctx: Context, layout: Layout | None = None) -> BuiltModel:
-    """Load the model (on meta when ``ctx.meta_init``), apply the transforms in config order, then the
-    layout's parallelizers innermost first (when there is a mesh), then materialize and load weights."""
-    if cfg["model"].get("attn_implementation") == "sdpa_packed":  # the core's attention for packed rows
+def build_model(loader: Bound, transforms: list[Bound], ctx: Context, layout: Layout | None = None) -> BuiltModel:
+    """Load the model with the bound ``loader`` (on meta when ``ctx.meta_init``), apply the bound
+    ``transforms`` in config order, then the layout's parallelizers innermost first (when there is a
+    mesh), then materialize and load weights. The loop passes ``run.one("model")``,
+    ``run.many("transforms")``; code holding a config dict binds them with :func:`bind_model`."""
+    if loader.section.get("attn_implementation") == "sdpa_packed":  # the core's attention for packed rows
         from automodel.attention import register
 
         register()
-    model, tokenizer = build_component(plugins, "model_loaders", cfg["model"], ctx)
-    transforms = [build_component(plugins, "model_transforms", t) for t in cfg.get("transforms") or []]
+    model, tokenizer = loader.build(ctx=ctx)
+    transforms = [t.build() for t in transforms]
     for t in transforms:
         model = t.apply(model, ctx)
     param_device = None
@@ -47,6 +49,13 @@ def build_model(cfg: dict[str, Any], plugins: Any, ctx: Context, layout: Layout 
         param_device = next((d for p in layout.parallelizers if (d := member(p, Parallelizer, "param_device"))), None)
     materialize(model, ctx, transforms, param_device)
     return BuiltModel(model, tokenizer, transforms)
+
+
+def bind_model(cfg: dict[str, Any], plugins: Any) -> tuple[Bound, list[Bound]]:
+    """The bound ``model:`` and ``transforms:`` of a config dict that was validated before (the saved
+    config of a run for ``automodel export``, a KD teacher's section): ConfigError if they do not bind."""
+    loader = bind_validated(plugins, "model_loaders", cfg.get("model"), "model")
+    return loader, [bind_validated(plugins, "model_transforms", t, f"transforms.{i}") for i, t in enumerate(cfg.get("transforms") or [])]
 
 
 def export_model(built: BuiltModel, checkpointer: Any, ctx: Context, out_dir: str | os.PathLike[str]) -> Path:
@@ -96,7 +105,7 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
     CPU, in this process), restore its weights through the configured checkpointer's ``load_model``,
     and export it like the end of a run. ``options`` (by name) must be export options that the run's
     components declare (:mod:`automodel.export_options`); they reach them as ``ctx.export_options``."""
-    from automodel.config import load_yaml
+    from automodel.loading import load_yaml
     from automodel.plugins import load_plugins
     from automodel.runtime import quiet_libraries
 
@@ -108,8 +117,8 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
     plugins.raise_on_failures()
     check_export_options(dict(options or {}), cfg, export_options_of(cfg, plugins))
     ctx = Context(device="cpu", output_dir=Path(out_dir), config=cfg, plugins=plugins, export_options=dict(options or {}))
-    built = build_model(cfg, plugins, ctx)
-    checkpointer = build_component(plugins, "checkpointers", cfg["checkpoint"], ctx)
+    built = build_model(*bind_model(cfg, plugins), ctx)
+    checkpointer = bind_validated(plugins, "checkpointers", cfg["checkpoint"], "checkpoint").build(ctx=ctx)
     load_model = member(checkpointer, Checkpointer, "load_model")
     if load_model is None:
         name = cfg["checkpoint"].get("name", cfg["checkpoint"].get("_target_"))

@@ -44,7 +44,6 @@ class RunSummary:
     def finish(self, trainer: Any, export: str | os.PathLike[str] | None) -> dict[str, Any]:
         """The facts of a finished run (written to ``summary.json`` on the main rank, printed as one line)."""
         from automodel import __version__
-        from automodel import config as config_mod
 
         ctx, state = trainer.ctx, trainer.train_state
         best = state.metadata.get("summary", {})
@@ -61,7 +60,7 @@ class RunSummary:
             "best_val_step": best.get("best_val_step"), "checkpoint": checkpoint,
             "export": str(export) if export else None, "world_size": ctx.world_size,
             "mesh": {str(k): int(v) for k, v in layout.items()}, "device": str(ctx.device),
-            "components": config_mod.component_providers(trainer.cfg, trainer.plugins),
+            "components": trainer.run_plan.providers(),
             "parameters": trainer.n_params, "trainable_parameters": sum(p.numel() for p in trainer.params),
             "automodel_version": __version__, "started_at": self.started_at, "finished_at": time.time(),
         }

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from automodel import config as config_mod
 from automodel import runtime
+from automodel.bound import Bound, RunPlan
 from automodel.context import Context
 from automodel.contracts import (
     LOSS_ARGUMENTS,
@@ -34,14 +34,15 @@ from automodel.contracts import (
 )
 from automodel.data import Collator, PackedDataset, TrainData, validation_loader
 from automodel.errors import AutomodelError
-from automodel.faults import ComponentFault, Origin, call_hook, origin_of, warn
+from automodel.faults import ComponentFault, Origin, call_hook, warn
 from automodel.launch import REQUEUE_EXIT_CODE
-from automodel.mesh import Layout, build_mesh, dp_coordinates
+from automodel.loading import dump
+from automodel.mesh import build_mesh, dp_coordinates
 from automodel.model import build_model, export_model
 from automodel.plugins import Plugins
 from automodel.profiler import Profiler
 from automodel.signals import Preempted, StopFlag, clear_marker, write_marker
-from automodel.state import StepScheduler, TrainState
+from automodel.state import TrainState
 from automodel.summary import RunSummary
 from automodel.weights import unwrap
 
@@ -50,9 +51,10 @@ PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "B200": 2250.0, "A100": 312.0,
 NO_BAD_STEP = torch.iinfo(torch.int64).max
 
 
-def train(cfg: dict[str, Any], plugins: Plugins, layout: Layout | None = None) -> dict[str, Any]:
-    """Run one training job in this process (one rank of it). Returns the last metrics."""
-    return Trainer(cfg, plugins, layout).run()
+def train(run: RunPlan | dict[str, Any], plugins: Plugins | None = None) -> dict[str, Any]:
+    """Run one training job in this process (one rank of it). Returns the last metrics. ``run`` is the
+    :class:`~automodel.bound.RunPlan` of :func:`automodel.config.validate` (or a config dict: see :class:`Trainer`)."""
+    return Trainer(run, plugins).run()
 
 
 class NamedParameters(list):
@@ -150,24 +152,35 @@ def model_inputs(model: torch.nn.Module) -> frozenset[str] | None:
 
 
 class Trainer:
-    """One rank of a training run: everything is built in ``__init__``; :meth:`run` trains."""
+    """One rank of a training run: everything is built in ``__init__``; :meth:`run` trains.
 
-    def __init__(self, cfg: dict[str, Any], plugins: Plugins, layout: Layout | None = None):
+    ``run`` is the :class:`~automodel.bound.RunPlan` that :func:`automodel.config.validate` returned in
+    this process: every component is built from its bound section, with the arguments its kind declares.
+    For API callers, a config dict (raw or resolved) with ``plugins`` is validated here, once.
+    """
+
+    def __init__(self, run: RunPlan | dict[str, Any], plugins: Plugins | None = None, layout: Any = None):
+        # ``layout``: ignored, for callers of the old ``Trainer(cfg, plugins, layout)`` (the plan has it)
         if not os.environ.get("AUTOMODEL_VERBOSE"):
             runtime.quiet_libraries()
-        self.cfg, self.plugins = cfg, plugins
+        if not isinstance(run, RunPlan):  # an API call with a config dict: validated once, here
+            if plugins is None:
+                raise TypeError("Trainer(config_dict) needs plugins: Trainer(cfg, load_plugins()); or pass the RunPlan of config.validate()")
+            from automodel.config import validate
+
+            run = validate(run, plugins, world_size=int(os.environ.get("WORLD_SIZE", 1)), run_targets=True)
+        self.plugins = run.plugins
         self.summary = RunSummary()  # the one-line summary at the end (and summary.json)
-        self.sched = StepScheduler(**cfg["step_scheduler"])
         self.stop = StopFlag().install()  # SIGTERM/SIGUSR1: checkpoint at the next step boundary, exit 75
-        self.ctx = ctx = self._setup_processes(layout)
-        self.built = build_model(cfg, plugins, ctx, self.layout)
+        self.ctx = ctx = self._setup_processes(run)  # sets self.run_plan (its layout planned for this world size)
+        self.built = build_model(self.run_plan.one("model"), self.run_plan.many("transforms"), ctx, self.layout)  # type: ignore[arg-type]
         self.model = self.built.model.train()
         self.hf_model = unwrap(self.model)
         self.params = NamedParameters.of(self.model)  # the optimizer factory may group them by name
         self.n_params = sum(p.numel() for p in self.model.parameters())
         ctx.print(f"model: {self.n_params / 1e6:.2f}M parameters, {sum(p.numel() for p in self.params) / 1e6:.2f}M "
                   f"trainable, on {ctx.device}")
-        self.loss_fn = self._build("losses", cfg["loss"])
+        self.loss_fn = self._build("loss")
         self.loss_args = accepted_kwargs(self.loss_fn, LOSS_ARGUMENTS)  # the loss gets only what it names
         self.model_inputs = model_inputs(self.hf_model)
         self.hidden = HiddenStates(self.hf_model) if member(self.loss_fn, Loss, "uses_hidden_states") else None
@@ -182,10 +195,10 @@ class Trainer:
             except AutomodelError:
                 raise
             except Exception as e:
-                raise ComponentFault(self._origin("losses", cfg["loss"]), "in setup(model, ctx)", exc=e) from e
-        self.optimizer = self._build("optimizers", cfg["optimizer"], self.params)
-        self.lr_scheduler = self._build("lr_schedulers", cfg["lr_scheduler"], self.optimizer, total_steps=ctx.total_steps)
-        self.checkpointer = self._build("checkpointers", cfg["checkpoint"], ctx)
+                raise ComponentFault(self._origin("loss"), "in setup(model, ctx)", exc=e) from e
+        self.optimizer = self._build("optimizer", params=self.params)
+        self.lr_scheduler = self._build("lr_scheduler", optimizer=self.optimizer, total_steps=ctx.total_steps)
+        self.checkpointer = self._build("checkpoint", ctx=ctx)
         self.train_state = ctx.train_state = TrainState()
         self.state = {"model": self.model, "optimizer": self.optimizer, "lr_scheduler": self.lr_scheduler,
                       "train_state": self.train_state}
@@ -196,15 +209,9 @@ class Trainer:
             if self.resumed >= ctx.total_steps:
                 ctx.print(f"warning: the checkpoint is at step {self.resumed} and the run ends at step {ctx.total_steps}: "
                           "nothing to train; raise step_scheduler.max_steps (with --allow-config-change) to continue, or use checkpoint.resume=never")
-        self.loggers = [self._build("loggers", spec, ctx) for spec in cfg["loggers"]] if ctx.is_main else []
-        self.logger_origins = {id(lg): self._origin("loggers", spec) for lg, spec in zip(self.loggers, cfg["loggers"])}
-        self.failed_loggers: list[str] = []  # loggers disabled after raising (the run goes on without them)
-        if ctx.world_size > 1:  # what loggers stored in train_state.metadata (a run id) is saved by every rank
-            box = [self.train_state.metadata]
-            dist.broadcast_object_list(box, src=0)
-            self.train_state.metadata = box[0]
+        self._setup_loggers()
         self.peak_flops = self._peak_flops()
-        self.profiler = Profiler.create(cfg.get("profile"), ctx, self.train_state.step)  # None: off
+        self.profiler = Profiler.create(self.cfg.get("profile"), ctx, self.train_state.step)  # None: off
         self.first_bad_step = torch.full((), NO_BAD_STEP, dtype=torch.long, device=ctx.device)
         self.finished = False
         self.window_tokens, self.window_start = torch.zeros((), dtype=torch.long), time.perf_counter()
@@ -213,34 +220,34 @@ class Trainer:
 
     # -- setup ------------------------------------------------------------------------------------
 
-    def _build(self, kind: str, section: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        """Build a component; a factory that raises is a :class:`ComponentFault` naming it."""
+    def _build(self, component: str | Bound, **supplied: Any) -> Any:
+        """Build the component of a one-component section (``"loss"``) or a :class:`Bound`, passing the
+        arguments its kind declares; a factory that raises is a :class:`ComponentFault` naming it."""
+        bound = self.run_plan.one(component) if isinstance(component, str) else component
+        assert bound is not None, component
         try:
-            return config_mod.build_component(self.plugins, kind, section, *args, **kwargs)
+            return bound.build(**supplied)
         except AutomodelError:
             raise
         except Exception as e:
-            raise ComponentFault(self._origin(kind, section), "building it", step=None, exc=e) from e
+            raise ComponentFault(bound.origin, "building it", step=None, exc=e) from e
 
-    def _origin(self, kind: str, section: dict[str, Any]) -> Origin:
-        """Kind, name, config key and plugin of the component ``section`` (a section of ``self.cfg``)."""
-        key = kind
-        for k, v in self.cfg.items():
-            if v is section:
-                key = k
-            elif isinstance(v, list):
-                key = next((f"{k}.{i}" for i, item in enumerate(v) if item is section), key)
-        return origin_of(self.plugins, kind, section, key)
+    def _origin(self, key: str) -> Origin:
+        """Kind, name, config key and plugin of the component of section ``key`` (for fault messages)."""
+        bound = self.run_plan.one(key)
+        assert bound is not None, key
+        return bound.origin
 
-    def _setup_processes(self, layout: Layout | None) -> Context:
-        """Device, process group, layout and mesh; the Context every component sees."""
-        cfg = self.cfg
+    def _setup_processes(self, run: RunPlan) -> Context:
+        """Device, process group, layout and mesh; the Context every component sees. Sets ``self.run_plan``:
+        the bound plan, its layout planned for this world size (already so, unless the launcher could not know it)."""
+        cfg = run.config
         device = runtime.device(cfg["device"], int(os.environ.get("LOCAL_RANK", 0)))
         rank, world_size, local_rank = runtime.init_distributed(device)
         torch.manual_seed(cfg["seed"])
-        if layout is None or layout.plan is None or layout.plan.world_size != world_size:
-            layout = config_mod.validate(cfg, self.plugins, world_size=world_size, run_targets=True).layout
-        self.layout = layout
+        self.run_plan = run = run.for_world_size(world_size)
+        self.cfg, self.sched, self.layout = run.config, run.sched, run.layout
+        layout = self.layout
         mesh = build_mesh(layout.plan, device.type) if dist.is_initialized() else None
         dp_rank, dp_size = dp_coordinates(mesh, layout.plan)
         ctx = Context(
@@ -252,17 +259,17 @@ class Trainer:
             ctx.output_dir.mkdir(parents=True, exist_ok=True)
             saved = ctx.output_dir / "config.yaml"
             if not saved.exists():  # `automodel run` saved it before launching; an API call has not
-                saved.write_text(config_mod.dump(cfg))
+                saved.write_text(dump(cfg))
             clear_marker(ctx.output_dir)
             mesh_text = " x ".join(f"{d}={n}" for d, n in layout.plan.sizes.items()) or "single process"
             print(f"automodel: {ctx.world_size} process(es), mesh {mesh_text}", flush=True)
-            print("components: " + ", ".join(config_mod.component_providers(cfg, self.plugins)), flush=True)
+            print("components: " + ", ".join(run.providers()), flush=True)
         return ctx
 
     def _setup_data(self) -> None:
         ctx, sched = self.ctx, self.sched
         builtin = Collator(self.built.tokenizer.pad_token_id, getattr(self.hf_model.config, "vocab_size", None))
-        train_data = self._build("datasets", self.cfg["dataset"], ctx, self.built.tokenizer)
+        train_data = self._build("dataset", ctx=ctx, tokenizer=self.built.tokenizer)
         collate = member(train_data, Dataset, "collate") or builtin  # a dataset's own collate (VLM: pixel_values)
         self.data = TrainData(train_data, collate, sched.local_batch_size, ctx.dp_rank, ctx.dp_size, self.cfg["seed"])
         self.accum = sched.grad_accum_steps(ctx.dp_size)
@@ -279,8 +286,8 @@ class Trainer:
         by_epochs = steps_per_epoch * sched.num_epochs if steps_per_epoch and sched.max_steps is None else sys.maxsize
         ctx.total_steps = min(sched.max_steps or sys.maxsize, by_epochs)
         self.val_data = self.val_loader = None
-        if self.cfg.get("validation_dataset"):
-            self.val_data = self._build("datasets", self.cfg["validation_dataset"], ctx, self.built.tokenizer)
+        if self.run_plan.one("validation_dataset") is not None:
+            self.val_data = self._build("validation_dataset", ctx=ctx, tokenizer=self.built.tokenizer)
             if member(self.val_data, Dataset, "evaluate") is None:
                 val_collate = member(self.val_data, Dataset, "collate") or builtin
                 self.val_loader = validation_loader(self.val_data, val_collate, sched.local_batch_size, ctx.dp_rank, ctx.dp_size)
@@ -289,6 +296,18 @@ class Trainer:
             f"training {ctx.total_steps} step{'s' if ctx.total_steps != 1 else ''}: {sched.global_batch_size} sequences/step = "
             f"{sched.local_batch_size} x {self.accum} accumulation x {ctx.dp_size} data-parallel; {size}"
         )
+
+    def _setup_loggers(self) -> None:
+        """The loggers (main rank only), built after the resume: they may read ``ctx.train_state``."""
+        ctx = self.ctx
+        bounds = self.run_plan.many("loggers") if ctx.is_main else []
+        self.loggers = [self._build(b, ctx=ctx) for b in bounds]
+        self.logger_origins = {id(lg): b.origin for lg, b in zip(self.loggers, bounds)}
+        self.failed_loggers: list[str] = []  # loggers disabled after raising (the run goes on without them)
+        if ctx.world_size > 1:  # what loggers stored in train_state.metadata (a run id) is saved by every rank
+            box = [self.train_state.metadata]
+            dist.broadcast_object_list(box, src=0)
+            self.train_state.metadata = box[0]
 
     def _peak_flops(self) -> float | None:
         """Peak FLOP/s per device for MFU: ``peak_tflops`` from the config, else the GPU table."""
@@ -331,13 +350,13 @@ class Trainer:
         except AutomodelError:
             raise
         except Exception as e:
-            raise ComponentFault(self._origin("losses", self.cfg["loss"]), self._doing("computing the loss"),
+            raise ComponentFault(self._origin("loss"), self._doing("computing the loss"),
                                  step=self._fault_step(), exc=e) from e
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             got = (f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor)
                    else f"{type(loss).__name__} {loss!r:.40}")
             raise ComponentFault(
-                self._origin("losses", self.cfg["loss"]), self._doing("computing the loss"), step=self._fault_step(),
+                self._origin("loss"), self._doing("computing the loss"), step=self._fault_step(),
                 problem=f"returned {got}, not a scalar tensor",
                 hint="return a 0-d tensor that autograd can differentiate: the sum of token losses / num_label_tokens "
                      "(no float(), no .item(), no per-token vector)")
@@ -434,7 +453,7 @@ class Trainer:
 
     def _next_batch(self, batches: Any) -> dict[str, torch.Tensor]:
         """The next micro-batch; a dataset (or its collate) that raises is named with the step."""
-        origin = self._origin("datasets", self.cfg["dataset"])
+        origin = self._origin("dataset")
         try:
             batch = next(batches)
         except AutomodelError as e:
@@ -481,7 +500,7 @@ class Trainer:
         except AutomodelError:
             raise
         except Exception as e:
-            raise ComponentFault(self._origin("checkpointers", self.cfg["checkpoint"]), doing, step=step, exc=e) from e
+            raise ComponentFault(self._origin("checkpoint"), doing, step=step, exc=e) from e
 
     def log(self, step: int, result: StepResult) -> dict[str, Any]:
         """Reduce, check and log one step's metrics (the only place that reads the loss on the host)."""
@@ -546,7 +565,7 @@ class Trainer:
             except AutomodelError:
                 raise
             except Exception as e:
-                raise ComponentFault(self._origin("datasets", self.cfg["validation_dataset"]), "in evaluate(model, ctx)",
+                raise ComponentFault(self._origin("validation_dataset"), "in evaluate(model, ctx)",
                                      step=step, exc=e) from e
         else:
             total = torch.zeros(2, device=ctx.device)  # loss sum, label tokens

@@ -39,7 +39,7 @@ def free_port() -> int:
 def train(cfg: Path, *overrides: str) -> None:
     plugins = load_plugins()
     validated = config.validate(config.load(cfg, list(overrides)), plugins)
-    Trainer(validated.config, plugins, validated.layout).run()
+    Trainer(validated).run()
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,7 @@ def main() -> None:
         raw = config_mod.load(base, [o for o in overrides.split(";") if o])
         validated = config_mod.validate(raw, plugins, base, world_size=world, run_targets=True)
         start = time.perf_counter()
-        trainer = Trainer(validated.config, plugins, validated.layout)
+        trainer = Trainer(validated)
         pp = next((p for p in validated.layout.parallelizers if p.dim == "pp"), None)
         trainer.run()
         wall = time.perf_counter() - start

@@ -25,7 +25,7 @@ SCHED = {"global_batch_size": 8, "local_batch_size": 4, "max_steps": 3, "log_eve
 def train(cfg: Path, **overrides: Any) -> None:
     plugins = load_plugins()
     validated = config.validate(config.load(cfg, [f"{k}={v}" for k, v in overrides.items()]), plugins)
-    Trainer(validated.config, plugins, validated.layout).run()
+    Trainer(validated).run()
 
 
 def scalars(log_dir: Path) -> dict[str, dict[int, float]]:

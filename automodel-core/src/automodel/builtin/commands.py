@@ -40,10 +40,8 @@ def lr_curve_command(cli: click.Group) -> None:
     @plugin_option
     def lr_curve(config_path: str, overrides: tuple[str, ...], steps: int | None, points: int, plugin_modules: tuple[str, ...]) -> None:
         """Print the learning rate of every phase of CONFIG's schedule (warmup, stable, decay) before training."""
-        from automodel import config as config_mod
         from automodel.builtin.optim import lr_curve as compute
         from automodel.errors import AutomodelError
-        from automodel.registry import import_target
 
         validated, plugins = _prepare(config_path, overrides, plugin_modules)
         cfg = validated.config
@@ -51,16 +49,14 @@ def lr_curve_command(cli: click.Group) -> None:
         if not total or total < 1:
             raise AutomodelError(f"{config_path}: step_scheduler.max_steps is not set, so the number of steps comes from the "
                                  "dataset's size at run time; pass --steps N (e.g. --steps 1000) to see the curve")
-        opt = cfg["optimizer"]
-        lr = opt.get("lr")
+        opt = validated.one("optimizer")
+        lr = opt.args.get("lr")
         if lr is None:
-            factory = import_target(opt["_target_"]) if "_target_" in opt \
-                else plugins.registry.get("optimizers", opt["name"]).resolve()
-            lr = inspect.signature(factory).parameters.get("lr", inspect.Parameter("lr", inspect.Parameter.KEYWORD_ONLY, default=1e-3)).default
+            lr = inspect.signature(opt.factory).parameters.get("lr", inspect.Parameter("lr", inspect.Parameter.KEYWORD_ONLY, default=1e-3)).default
         sched = cfg["lr_scheduler"]
 
         def build(optimizer: Any, total_steps: int) -> Any:
-            return config_mod.build_component(plugins, "lr_schedulers", sched, optimizer, total_steps=total_steps)
+            return validated.one("lr_scheduler").build(optimizer=optimizer, total_steps=total_steps)
 
         lrs = compute(build, {}, float(lr), int(total))
         args = ", ".join(f"{k}={v}" for k, v in sched.items() if k not in ("name", "_target_"))

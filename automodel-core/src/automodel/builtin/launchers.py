@@ -28,7 +28,7 @@ class LocalLauncher:
         if self.nproc_per_node == 1:
             from automodel.train import train
 
-            train(job.config, job.plugins, job.layout)
+            train(job.run if job.run is not None else job.config, job.plugins)
             return 0
         from automodel.signals import run_torchrun, torchrun_command
 

@@ -112,7 +112,7 @@ class KnowledgeDistillation:
 
     def setup(self, model: Any, ctx: Any) -> None:
         """Build the teacher through the run's model loader and parallel layout; freeze it."""
-        from automodel.model import build_model
+        from automodel.model import bind_model, build_model
         from automodel.weights import unwrap
 
         t0 = time.perf_counter()
@@ -124,7 +124,7 @@ class KnowledgeDistillation:
 
             plugins = load_plugins([m for m in ctx.config.get("plugins") or [] if isinstance(m, str)])
         layout = _teacher_layout(ctx, plugins)
-        built = build_model(cfg, plugins, ctx, layout)
+        built = build_model(*bind_model(cfg, plugins), ctx, layout)
         teacher = built.model
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -239,7 +239,7 @@ def _teacher_section_problems(teacher: dict[str, Any], config: dict[str, Any]) -
     """The teacher section checked like ``model:`` is: its loader exists, its keys and types, its own
     ``validate_args``; and every parallelizer's ``validate_model`` (e.g. TP head counts)."""
     from automodel.architecture import call_validate_model
-    from automodel.config import SUPPLIED, _component_factory, build_component, check_arguments
+    from automodel.bound import bind, build_component
     from automodel.contracts import Parallelizer, member
     from automodel.plugins import load_plugins
 
@@ -248,9 +248,7 @@ def _teacher_section_problems(teacher: dict[str, Any], config: dict[str, Any]) -
     except Exception as e:  # noqa: BLE001 - reported as a config problem
         return [("teacher", f"could not load plugins to check the teacher's loader: {e}", "")]
     found: list[Any] = []
-    factory, args = _component_factory(plugins, "model_loaders", teacher, "loss.teacher", found)
-    if factory is not None:
-        found += check_arguments(factory, args, "loss.teacher", SUPPLIED["model_loaders"], config)
+    bind(plugins, "model_loaders", teacher, "loss.teacher", found, config, custom=True)  # loader, keys, types, validate_args
     out = [(_strip(p.key), p.message, p.hint or "") for p in found]
     if out:
         return out

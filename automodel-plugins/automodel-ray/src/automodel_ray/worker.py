@@ -100,7 +100,7 @@ def train_loop(args: dict[str, Any]) -> None:
     try:
         plugins = load_plugins(list(args["plugin_modules"]) + [m for m in cfg.get("plugins") or [] if isinstance(m, str)])
         validated = config_mod.validate(cfg, plugins, world_size=world_size, run_targets=True)
-        trainer = Trainer(validated.config, plugins, validated.layout)
+        trainer = Trainer(validated)
         threading.Thread(target=_watch, args=(coordinator, trainer.stop, done, args["poll_s"]), daemon=True,
                          name="automodel-stop-watch").start()
         trainer.run()
