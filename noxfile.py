@@ -5,6 +5,7 @@
     nox -s docs         check the generated hook reference is current
     nox -s quickstart   train the quickstart model and check it learned
     nox -s bench        benchmarks (print ratios; not part of the tests)
+    nox -s recipes      plan every examples/recipes/ recipe at full size, check examples/recipes/README.md's table
     nox -s wheels       build every sdist + wheel into dist/, twine check, install automodel-core and
                         automodel-fsdp2 from them into a fresh venv, run a 2-process quickstart; hadolint
 """
@@ -49,6 +50,13 @@ def bench(session: nox.Session) -> None:
     """automodel vs its peers, loss kernels, start-up: one table, then every plugin benchmark; `nox -s bench -- --quick` for the table alone."""
     install(session)
     session.run("python", "tests/benchmarks/run_all.py", *(session.posargs or ["--plugins"]))
+
+
+@nox.session
+def recipes(session: nox.Session) -> None:
+    """Plan every examples/recipes/ recipe at full size and check the README's memory table (`-- --write` rewrites it)."""
+    install(session)
+    session.run("python", "examples/recipes/plan_table.py", *([] if "--write" in session.posargs else ["--check"]))
 
 
 @nox.session
