@@ -101,11 +101,6 @@ class KnowledgeDistillation:
         if config is None:
             return out
         out += _teacher_section_problems(teacher, config)
-        if out:
-            return out
-        student = config.get("model")
-        if isinstance(student, dict):
-            out += [("teacher", message, hint) for message, hint in vocabulary_problems(student, teacher)]
         return out
 
     # -- setup (after the student is built and parallelized, before the optimizer) -----------------
@@ -260,6 +255,9 @@ def _teacher_section_problems(teacher: dict[str, Any], config: dict[str, Any]) -
         check = member(p, Parallelizer, "validate_model")
         if check is not None:
             out += [("teacher", f"parallel.{i}: {message}", hint or "") for message, hint in call_validate_model(check, teacher, plugins) or []]
+    student = config.get("model")
+    if not out and isinstance(student, dict):  # the vocabularies, from what the two loaders declare and the tokenizer files
+        out += [("teacher", message, hint) for message, hint in vocabulary_problems(student, teacher, plugins)]
     return out
 
 

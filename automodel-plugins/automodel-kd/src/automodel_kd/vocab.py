@@ -26,22 +26,19 @@ def _local_dir(value: Any) -> Path | None:
     return path if path.is_dir() else None
 
 
-def model_vocab_size(section: dict[str, Any]) -> tuple[int | None, str]:
-    """(vocab_size, where it was read) of a model section, or (None, why not)."""
-    config = section.get("config")
-    if isinstance(config, dict):
-        if "vocab_size" in config:
-            return int(config["vocab_size"]), "config.vocab_size"
-        return None, "config has no vocab_size"
-    directory = _local_dir(section.get("pretrained"))
-    if directory is None or not (directory / "config.json").is_file():
-        return None, "no local config.json"
-    data = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    size = data.get("vocab_size") or (data.get("text_config") or {}).get("vocab_size")
-    return (int(size), str(directory / "config.json")) if size else (None, "config.json has no vocab_size")
+def model_vocab_size(section: dict[str, Any], plugins: Any) -> int | None:
+    """The ``vocab_size`` of a model section, as its loader declares the architecture before launch
+    (the loader factory's ``model_config``: :func:`automodel.architecture.model_architecture`); None
+    when it cannot tell (a hub id, a loader that declares nothing)."""
+    from automodel.architecture import model_architecture
+
+    size = (model_architecture(section, plugins) or {}).get("vocab_size")
+    return int(size) if isinstance(size, int) and not isinstance(size, bool) else None
 
 
 def tokenizer_dir(section: dict[str, Any]) -> Path | None:
+    """The local tokenizer directory of a Hugging Face style loader section (``tokenizer`` or
+    ``pretrained``); loaders declare no tokenizer location, so this reads the hf loaders' keys."""
     return _local_dir(section.get("tokenizer")) or _local_dir(section.get("pretrained"))
 
 
@@ -100,13 +97,12 @@ def _ranges(ids: list[int], limit: int = 3) -> str:
     return text + (", ..." if len(spans) > limit else "")
 
 
-def vocabulary_problems(student: dict[str, Any], teacher: dict[str, Any]) -> list[tuple[str, str]]:
+def vocabulary_problems(student: dict[str, Any], teacher: dict[str, Any], plugins: Any) -> list[tuple[str, str]]:
     """(message, hint) for each way the teacher's vocabulary differs from the student's."""
     out = []
-    s_size, s_where = model_vocab_size(student)
-    t_size, t_where = model_vocab_size(teacher)
+    s_size, t_size = model_vocab_size(student, plugins), model_vocab_size(teacher, plugins)
     if s_size is not None and t_size is not None and s_size != t_size:
-        out.append((f"vocab_size differs: student {s_size} (model.{s_where}) vs teacher {t_size} ({t_where})", HINT))
+        out.append((f"vocab_size differs: student {s_size} vs teacher {t_size} (the model configs their loaders declare)", HINT))
     s_dir, t_dir = tokenizer_dir(student), tokenizer_dir(teacher)
     if s_dir is not None and t_dir is not None and s_dir.resolve() != t_dir.resolve():
         s_vocab, t_vocab = tokenizer_vocab(s_dir), tokenizer_vocab(t_dir)
