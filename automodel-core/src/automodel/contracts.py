@@ -279,6 +279,11 @@ class Loss(Protocol):
 
     * ``uses_hidden_states = False``: ``True`` makes the loop skip the logits and pass the final hidden
       states and the lm_head weight (fused linear cross-entropy).
+    * ``logits_at_labels = False``: ``True`` says the loss reads logits only where ``labels != -100``;
+      the loop then asks the model for those positions alone (transformers' boolean ``logits_to_keep``,
+      so ``lm_head`` skips prompt and padding tokens) and passes ``logits`` ``[label tokens, vocab]``
+      with ``labels`` ``[label tokens]``. The loop falls back to full logits where the model cannot
+      (no boolean ``logits_to_keep``, tensor/context/pipeline parallel, a compiled whole model).
     * ``setup(model, ctx) -> None``: called once on every rank after the model is built, transformed
       and parallelized and the data is set up (``ctx.total_steps`` is known), before the optimizer is
       built (a distillation loss loads its teacher here).
@@ -289,6 +294,7 @@ class Loss(Protocol):
     """
 
     uses_hidden_states: bool = False
+    logits_at_labels: bool = False
     setup: Callable[[Any, Any], None] | None = None
     plan_stand_in: Callable[[], Any] | None = None
     plan_memory: Callable[[Any, Any], dict[str, int]] | None = None

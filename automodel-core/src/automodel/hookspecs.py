@@ -147,7 +147,10 @@ def register_losses(register: Register) -> None:
     label-token count of the whole global batch, over all micro-batches and data-parallel ranks).
     ``labels`` are already shifted, ``-100`` means ignore. If the object has ``uses_hidden_states =
     True`` the loop never computes logits: it passes the final hidden states ``[batch, seq, hidden]``
-    and the lm_head weight ``[vocab, hidden]`` instead (fused linear cross-entropy). An optional
+    and the lm_head weight ``[vocab, hidden]`` instead (fused linear cross-entropy). With
+    ``logits_at_labels = True`` (the builtin ``masked_ce``) the loss reads logits only where labels are: the
+    loop asks the model for those positions alone and passes ``logits`` ``[label tokens, vocab]`` with
+    ``labels`` ``[label tokens]``, where the model can (else the full tensors). An optional
     ``setup(model, ctx)`` runs once per rank before the optimizer is built (load a teacher there).
     The same loss gives ``val_loss`` in validation. The contract: :class:`automodel.contracts.Loss`.
     """

@@ -37,7 +37,7 @@ from automodel.errors import AutomodelError
 from automodel.faults import ComponentFault, Origin, call_hook, warn
 from automodel.launch import REQUEUE_EXIT_CODE
 from automodel.loading import dump
-from automodel.mesh import build_mesh, dp_coordinates
+from automodel.mesh import DP_DIMS, build_mesh, dp_coordinates
 from automodel.model import build_model, export_model
 from automodel.plugins import Plugins
 from automodel.profiler import Profiler
@@ -159,6 +159,8 @@ class Trainer:
     For API callers, a config dict (raw or resolved) with ``plugins`` is validated here, once.
     """
 
+    logits_at_labels = False  # set in __init__ (see _can_keep_label_logits)
+
     def __init__(self, run: RunPlan | dict[str, Any], plugins: Plugins | None = None, layout: Any = None):
         # ``layout``: ignored, for callers of the old ``Trainer(cfg, plugins, layout)`` (the plan has it)
         if not os.environ.get("AUTOMODEL_VERBOSE"):
@@ -184,6 +186,7 @@ class Trainer:
         self.loss_args = accepted_kwargs(self.loss_fn, LOSS_ARGUMENTS)  # the loss gets only what it names
         self.model_inputs = model_inputs(self.hf_model)
         self.hidden = HiddenStates(self.hf_model) if member(self.loss_fn, Loss, "uses_hidden_states") else None
+        self.logits_at_labels = self._can_keep_label_logits()  # lm_head only where labels are (masked_ce)
         # a parallelizer that runs forward + backward of a step itself (pipeline schedules); None: the loop does
         self.step_owner = next((p for p in self.layout.parallelizers if ctx.mesh is not None
                                 and member(p, Parallelizer, "forward_backward") is not None), None)
@@ -309,6 +312,24 @@ class Trainer:
             dist.broadcast_object_list(box, src=0)
             self.train_state.metadata = box[0]
 
+    def _can_keep_label_logits(self) -> bool:
+        """Whether the model can project only the label positions through ``lm_head`` for this loss: the
+        loss declares ``logits_at_labels``, the model is a transformers model that slices with a boolean
+        ``logits_to_keep`` (``slice_logits_to_keep``), nothing shards the sequence or the vocabulary
+        (data-parallel dimensions only) and the model's forward is not compiled as a whole (the number
+        of label tokens is a data-dependent shape)."""
+        if self.hidden is not None or not member(self.loss_fn, Loss, "logits_at_labels"):
+            return False
+        if self.model_inputs is None or "logits_to_keep" not in self.model_inputs:
+            return False
+        slicer = getattr(sys.modules.get(type(self.hf_model).__module__), "slice_logits_to_keep", None)
+        if slicer is None:  # transformers before boolean logits_to_keep, or a model that slices its own way
+            return False
+        plan = self.layout.plan
+        if plan is not None and any(n > 1 and dim not in DP_DIMS for dim, n in plan.sizes.items()):
+            return False
+        return not any(hasattr(m.forward, "_torchdynamo_orig_callable") for m in (self.model, self.hf_model))
+
     def _peak_flops(self) -> float | None:
         """Peak FLOP/s per device for MFU: ``peak_tflops`` from the config, else the GPU table."""
         if self.cfg.get("peak_tflops"):
@@ -338,6 +359,10 @@ class Trainer:
             self.model(**inputs, use_cache=False, logits_to_keep=HiddenStates.EMPTY.to(self.ctx.device))
             return self.loss_of(batch, num_label_tokens, hidden_states=self.hidden.value,
                                 lm_head_weight=self.hf_model.get_output_embeddings().weight)
+        if self.logits_at_labels:  # logits [label tokens, vocab], labels [label tokens]: same loss, less work
+            keep = batch["labels"] != -100
+            logits = self.model(**inputs, use_cache=False, logits_to_keep=keep).logits
+            return self.loss_of(batch, num_label_tokens, logits=logits, labels=batch["labels"][keep])
         return self.loss_of(batch, num_label_tokens, logits=self.model(**inputs, use_cache=False).logits)
 
     def loss_of(self, batch: dict[str, torch.Tensor], num_label_tokens: torch.Tensor, **outputs: Any) -> torch.Tensor:

@@ -8,10 +8,13 @@ from typing import Any
 class MaskedCrossEntropy:
     """Sum of token cross-entropies (``-100`` ignored) divided by ``num_label_tokens``.
 
-    Logits are upcast to fp32 (``fp32_upcast``) so bf16 training gets an fp32 loss.
+    Logits are upcast to fp32 (``fp32_upcast``) so bf16 training gets an fp32 loss. It reads logits only
+    at label tokens (``logits_at_labels``): where the model can, the loop projects only those positions
+    through ``lm_head``, so prompt and padding tokens cost no vocabulary projection.
     """
 
     uses_hidden_states = False
+    logits_at_labels = True
 
     def __init__(self, fp32_upcast: bool = True):
         self.fp32_upcast = fp32_upcast
