@@ -62,6 +62,8 @@ def main() -> None:
                 rows.append((model, "1", f"none{extra}", plan(path, 1)["peak_bytes"], real))
             paths = {f"{p}{extra}": variant(root / f"{model}-2-{p}{extra}", model, p, extra, nproc=2)
                      for p in PARALLEL for extra in EXTRAS}
+            # fsdp2 with 2 micro-batches: gradients stay unsharded until the last one (no reduce-scatter before)
+            paths["fsdp2, 2 micro-batches"] = variant(root / f"{model}-2-fsdp2-accum", model, "fsdp2", "", nproc=2, accum=2)
             measured = measured_2proc(list(paths.values()), root / f"{model}.json")
             for name, path in paths.items():
                 ranks = measured[str(path)]

@@ -39,15 +39,16 @@ EXTRAS = {"": [], "+lora": [{"name": "lora", "allow_random_base": True}],
           "+ac": [{"name": "activation_checkpointing"}]}
 
 
-def variant(tmp_path: Path, model: str, parallel: str | None, extra: str = "", nproc: int = 1) -> Path:
+def variant(tmp_path: Path, model: str, parallel: str | None, extra: str = "", nproc: int = 1, accum: int = 1) -> Path:
     """A config of the plan-vs-measured comparison: ``model`` "quickstart" (64-token rows, micro-batch 8)
-    or "5m" (256-token rows, micro-batch 8), ``parallel`` "fsdp2" / "tp" / None, ``extra`` a key of EXTRAS."""
+    or "5m" (256-token rows, micro-batch 8), ``parallel`` "fsdp2" / "tp" / None, ``extra`` a key of EXTRAS,
+    ``accum`` micro-batches per optimizer step."""
     fields: dict = {"transforms": EXTRAS[extra]} if EXTRAS[extra] else {}
     if parallel:
         fields["parallel"] = PARALLEL[parallel]
         fields["launcher"] = {"name": "local", "nproc_per_node": nproc}
     dp = nproc if parallel == "fsdp2" else 1
-    fields["step_scheduler"] = {"global_batch_size": 8 * dp, "local_batch_size": 8, "max_steps": 2, "log_every_steps": 1}
+    fields["step_scheduler"] = {"global_batch_size": 8 * dp * accum, "local_batch_size": 8, "max_steps": 2, "log_every_steps": 1}
     if model == "5m":
         fields["model"] = {"name": "hf", "config": LLAMA_5M, "tokenizer": str(ROOT / "examples/quickstart/tokenizer")}
         fields["dataset"] = {"name": "mock", "seq_len": 256, "num_samples": 64, "vocab_size": 4096}
