@@ -99,8 +99,9 @@ def build_meta_model(cfg: dict[str, Any], plugins: Any, ctx: Context, spec: Plan
     return model
 
 
-def _use_plan_attention(model: Any, notes: list[str]) -> None:
-    """Route attention through SDPA without a materialized mask (see :data:`PLAN_ATTENTION`)."""
+def _use_plan_attention(model: Any, notes: list[str]) -> bool:
+    """Route attention through SDPA without a materialized mask (see :data:`PLAN_ATTENTION`); False: the
+    model's attention keeps its own implementation (eager, flex, a custom one) and is planned as is."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -119,9 +120,10 @@ def _use_plan_attention(model: Any, notes: list[str]) -> None:
     current = {c._attn_implementation for c in configs}
     if current - {"sdpa", "flash_attention_2", "flash_attention_3", None}:
         notes.append(f"attention '{', '.join(sorted(map(str, current)))}' planned as is (it keeps its own masks)")
-        return
+        return False
     for c in configs:
         c._attn_implementation = PLAN_ATTENTION
+    return True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -302,7 +304,7 @@ def _estimate(cfg: dict[str, Any], plugins: Any, layout: Layout | None, world_si
             unsupported.append("CPU offload: parameters and optimizer state are counted as device memory (an overestimate)")
         model = p.apply(model, mesh, ctx)
     hf_model = unwrap(model)
-    _use_plan_attention(hf_model, notes)
+    fused_attention = _use_plan_attention(hf_model, notes)
 
     sched = StepScheduler(**cfg["step_scheduler"])
     accum = sched.grad_accum_steps(dp_size)
@@ -413,7 +415,8 @@ def _estimate(cfg: dict[str, Any], plugins: Any, layout: Layout | None, world_si
     )
     if memory is not None and device_name == "this GPU":
         notes.append("device: the local GPU's total memory")
-    notes.append(f"rows of {seq} tokens, full (no padding), attention through a fused SDPA kernel without a mask")
+    notes.append(f"rows of {seq} tokens, full (no padding)" + (", attention through a fused SDPA kernel without a mask"
+                                                               if fused_attention else ""))
     return est
 
 
