@@ -39,34 +39,51 @@ def needs(name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def references(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, dict[int, float]]:
-    """Uninterrupted one-process runs, per optimizer, made on first use."""
-    cache: dict[str, dict[int, float]] = {}
+def killed(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+    """Per optimizer, made on first use: a one-process run killed with SIGKILL right after its LAST step was
+    logged (the only checkpoint is step 2). Its curve is the uninterrupted reference of every test here; the
+    sigkill test resumes it. Returns (config, directory, the killed process, its losses before any resume)."""
+    cache: dict[str, tuple] = {}
 
-    def get(name: str) -> dict[int, float]:
+    def get(name: str) -> tuple:
         if name not in cache:
-            tmp = tmp_path_factory.mktemp(f"ref_{name}")
+            tmp = tmp_path_factory.mktemp(f"killed_{name}")
+            (tmp / "optim_kill_hook.py").write_text(KILL_HOOK)
             cfg = make_config(tmp, tiny_model_dir, optimizer=OPTIMIZERS[name], step_scheduler=SCHED, checkpoint=CKPT)
-            run_cli("run", cfg, cwd=tmp)
-            cache[name] = losses(tmp / "run")
+            proc = run_cli("run", cfg, "--plugin", "optim_kill_hook", cwd=tmp, check=False,
+                           env={"OPTIM_TEST_KILL_AT": str(STEPS)})
+            cache[name] = (cfg, tmp, proc, losses(tmp / "run"))
         return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def references(killed) -> dict[str, dict[int, float]]:
+    """Uninterrupted one-process curves, per optimizer: the killed run's, every step logged before the kill."""
+    def get(name: str) -> dict[int, float]:
+        _, _, proc, ref = killed(name)
+        assert sorted(ref) == list(range(1, STEPS + 1)), (ref, proc.stdout[-3000:], proc.stderr[-3000:])
+        return ref
 
     return get  # type: ignore[return-value]
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_resume_after_sigkill_is_exact(name: str, tmp_path: Path, tiny_model_dir: Path, references) -> None:
+def test_resume_after_sigkill_is_exact(name: str, killed) -> None:
     needs(name)
-    (tmp_path / "optim_kill_hook.py").write_text(KILL_HOOK)
-    cfg = make_config(tmp_path, tiny_model_dir, optimizer=OPTIMIZERS[name], step_scheduler=SCHED, checkpoint=CKPT)
-    killed = run_cli("run", cfg, "--plugin", "optim_kill_hook", cwd=tmp_path, check=False, env={"OPTIM_TEST_KILL_AT": "3"})
-    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
-    assert sorted(losses(tmp_path / "run")) == [1, 2, 3]
-    resumed = run_cli("run", cfg, cwd=tmp_path)
+    cfg, tmp_path, proc, ref = killed(name)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    assert sorted(ref) == list(range(1, STEPS + 1))  # killed after the last step's record, before any final save
+    assert sorted((tmp_path / "run" / "checkpoints").glob("step_*")) == [tmp_path / "run" / "checkpoints" / "step_2"]
+    resumed = run_cli("run", cfg, cwd=tmp_path)  # auto-resume: the newest complete checkpoint, step 2
     assert "loaded step 2" in resumed.stdout
-    ref, got = references(name), losses(tmp_path / "run")
+    got = losses(tmp_path / "run")
     assert not (tmp_path / "run" / "profile").exists() and "profile:" not in resumed.stdout  # off by default
     assert [got[s] for s in range(1, STEPS + 1)] == [ref[s] for s in range(1, STEPS + 1)]  # bit for bit
+    # the killed run's records of steps 3-4 were dropped: the ones compared are the resumed run's
+    assert "dropped 2 record(s) after step 2" in resumed.stdout, resumed.stdout
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == list(range(1, STEPS + 1))
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
