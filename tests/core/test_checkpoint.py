@@ -105,17 +105,21 @@ def test_sigkill_after_checkpoint_then_resume_reproduces_losses_exactly(tmp_path
     # with dropout, so that the restored random generators matter too
     model_dir = tiny_model(tmp_path / "model", attention_dropout=0.2)
     cfg = setup(tmp_path, model_dir)
-    run_cli("run", cfg, "output_dir=reference", "checkpoint.resume=never", cwd=tmp_path)
+    # killed right after the LAST step was logged: steps 7-8 have no checkpoint (6 is the newest), and the
+    # killed run's curve up to then is the uninterrupted reference (no separate reference run needed)
     killed = run_cli("run", cfg, "--plugin", "ckpt_test_hooks", cwd=tmp_path, check=False,
-                     env={"CKPT_TEST_KILL_AT": "5", "CKPT_TEST_SIGNAL": str(int(signal.SIGKILL))})
-    assert killed.returncode == -signal.SIGKILL
+                     env={"CKPT_TEST_KILL_AT": str(STEPS), "CKPT_TEST_SIGNAL": str(int(signal.SIGKILL))})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     run = tmp_path / "run"
-    assert sorted(losses(run)) == [1, 2, 3, 4, 5]  # step 5 was logged, its checkpoint never written
+    ref = losses(run)
+    assert sorted(ref) == list(range(1, STEPS + 1))  # every step logged, steps 7-8's checkpoint never written
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_2", "step_4", "step_6"]
     resumed = run_cli("run", cfg, cwd=tmp_path)
-    assert "loaded step 4" in resumed.stdout
-    ref, got = losses(tmp_path / "reference"), losses(run)
+    assert "loaded step 6" in resumed.stdout
+    assert "dropped 2 record(s) after step 6" in resumed.stdout, resumed.stdout  # steps 7-8 are the resumed run's
+    got = losses(run)
     assert sorted(got) == list(range(1, STEPS + 1))
-    assert [got[s] for s in range(5, STEPS + 1)] == [ref[s] for s in range(5, STEPS + 1)]  # bit for bit
+    assert [got[s] for s in range(7, STEPS + 1)] == [ref[s] for s in range(7, STEPS + 1)]  # bit for bit
 
 
 def test_preemption_signals_and_world_size_changes(tmp_path: Path, model_dir: Path, reference: Path) -> None:
