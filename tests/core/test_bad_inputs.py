@@ -262,6 +262,11 @@ def test_debug_shows_the_traceback(tmp_path: Path, shared: Path, monkeypatch: py
     with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as e:
         _main(["validate", *args], debug=True)
     assert e.value.code == 2 and "Traceback" in err.getvalue()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as e:
+        _main(["validate", *args], debug=False)
+    # a config problem has no traceback worth reading: no --debug hint (a component's failure has one)
+    assert e.value.code == 2 and "error:" in err.getvalue() and "--debug" not in err.getvalue()
 
 
 if __name__ == "__main__":  # print each case's first error line (to compare versions)

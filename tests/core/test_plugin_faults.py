@@ -177,7 +177,7 @@ def test_cli_exit_code_one_screen_and_debug_traceback(tmp_path, tiny_model_dir, 
     err = [ln for ln in proc.stderr.splitlines() if ln.startswith(("error:", "    ", "(run with"))]
     assert err[0].startswith("error: loss 'bad_loss' (loss, plugin faultplug) failed at step 1 (computing the loss): "
                              "ValueError: teacher vocabulary mismatch")
-    assert "Traceback" not in proc.stderr and len(err) <= 4
+    assert "Traceback" not in proc.stderr and len(err) <= 4 and err[-1] == "(run with --debug for the full traceback)"
     proc = run_cli("run", cfg, "--debug", cwd=tmp_path, check=False)
     assert proc.returncode == 2
     tb = proc.stderr[proc.stderr.index("Traceback"):]

@@ -478,5 +478,6 @@ def _main(args: list[str], debug: bool) -> None:
             traceback.print_exc()
             sys.exit(e.exit_code)
         click.echo(f"error: {e}", err=True)
-        click.echo("(run with --debug for the full traceback)", err=True)
+        if e.__cause__ is not None:  # a failure inside a component or library: its traceback can help
+            click.echo("(run with --debug for the full traceback)", err=True)
         sys.exit(e.exit_code)
