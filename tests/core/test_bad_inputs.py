@@ -200,25 +200,16 @@ def first_line(err: str) -> str:
 
 def invoke(args: list[str], cwd: Path) -> tuple[int, str, str, float]:
     """Run the CLI in this process: (exit code, stdout, stderr, seconds)."""
-    from automodel.cli import _main
+    import automodel.cli  # noqa: F401  (imported before the clock starts: the time is the command's)
+    from automodel.testing import invoke_cli
 
-    out, err = io.StringIO(), io.StringIO()
-    old = os.getcwd()
-    sys.path.insert(0, str(cwd))
+    sys.path.insert(0, str(cwd))  # the case's --plugin modules live there
     start = time.perf_counter()
     try:
-        os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                _main(args, debug=False)
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
+        code, out, err = invoke_cli(args, cwd)
     finally:
-        elapsed = time.perf_counter() - start
-        os.chdir(old)
         sys.path.remove(str(cwd))
-    return code, out.getvalue(), err.getvalue(), elapsed
+    return code, out, err, time.perf_counter() - start
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,8 @@ gets their values as ``ctx.export_options``; the core knows none of them by name
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import sys
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -62,20 +59,9 @@ def register_model_transforms(register):
 
 def _cli(args: list[str], cwd: Path) -> tuple[int, str, str]:
     """``automodel ARGS`` in this process (torch is imported once for all exports)."""
-    from automodel.cli import _main
+    from automodel.testing import invoke_cli
 
-    out, err, old = io.StringIO(), io.StringIO(), os.getcwd()
-    os.chdir(cwd)
-    try:
-        with redirect_stderr(err), redirect_stdout(out):
-            try:
-                _main(args, debug=False)
-                code = 0
-            except SystemExit as e:
-                code = int(e.code or 0)
-    finally:
-        os.chdir(old)
-    return code, out.getvalue(), err.getvalue()
+    return invoke_cli(args, cwd)
 
 
 @pytest.fixture(scope="module")

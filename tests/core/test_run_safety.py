@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -293,21 +293,10 @@ def test_secrets_are_never_written(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def _cli(args: list[str], cwd: Path) -> tuple[int, str]:
-    from automodel.cli import _main
+    from automodel.testing import invoke_cli
 
-    err = io.StringIO()
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        with redirect_stderr(err), redirect_stdout(io.StringIO()):
-            try:
-                _main(args, debug=False)
-                code = 0
-            except SystemExit as e:
-                code = int(e.code or 0)
-    finally:
-        os.chdir(old)
-    return code, err.getvalue()
+    code, _, err = invoke_cli(args, cwd)
+    return code, err
 
 
 def test_validate_and_dry_run_never_call_target(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

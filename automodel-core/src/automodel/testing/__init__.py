@@ -121,6 +121,28 @@ def run_cli(*args: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = 
     return proc
 
 
+def invoke_cli(args: list[str], cwd: str | os.PathLike[str]) -> tuple[int, str, str]:
+    """``automodel ARGS`` in this process, from ``cwd``: (exit code, stdout, stderr). Faster than
+    :func:`run_cli` (no new interpreter, torch imported once) for commands that do not train."""
+    import contextlib
+    import io
+
+    from automodel.cli import _main
+
+    out, err, old = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                _main(args, debug=False)
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        os.chdir(old)
+    return code, out.getvalue(), err.getvalue()
+
+
 def read_metrics(output_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The training-step records (those with ``loss``) of ``<output_dir>/metrics.jsonl``."""
     lines = (Path(output_dir) / "metrics.jsonl").read_text().splitlines()
@@ -137,5 +159,5 @@ def exit_without_teardown() -> None:
 
 from automodel.testing.conformance import Report, check_plugin, loss_call  # noqa: E402  (it imports the helpers above)
 
-__all__ = ["TINY_LLAMA", "VOCAB_SIZE", "Report", "char_tokenizer", "check_plugin", "loss_call", "make_config", "read_metrics",
-           "run_cli", "tiny_model", "write_task_data"]
+__all__ = ["TINY_LLAMA", "VOCAB_SIZE", "Report", "char_tokenizer", "check_plugin", "invoke_cli", "loss_call", "make_config",
+           "read_metrics", "run_cli", "tiny_model", "write_task_data"]
