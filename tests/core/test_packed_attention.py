@@ -72,6 +72,25 @@ def test_packed_rows_match_sdpa_with_its_block_diagonal_mask():
     assert (leaked[mask] - ref_loss[mask]).abs().max() > 1e-3
 
 
+def test_packed_backward_concatenates_sample_gradients():
+    """The per-sample calls' gradients are concatenated back into the row, not summed from zero-filled
+    full-row tensors (one per sample, as a slice's backward makes): that cost grew with samples x row
+    length and made a 2 x 1920-token packed step 1.3x slower."""
+    from automodel.attention import packed_sdpa_attention
+    from torch.profiler import profile
+
+    q, k, v = (torch.randn(2, 4, 48, 16, requires_grad=True) for _ in range(3))
+    pos = torch.tensor([list(range(10)) + list(range(30)) + list(range(8)), list(range(48))])
+    out, _ = packed_sdpa_attention(torch.nn.Module(), q, k, v, None, position_ids=pos)
+    with profile() as prof:
+        out.square().sum().backward()
+    ops = {e.key for e in prof.key_averages()}
+    assert "SplitWithSizesBackward0" in ops and "SliceBackward0" not in ops, sorted(ops)
+    # and each sample attends only to itself: the second sample's output does not change with the first's keys
+    ref = torch.nn.functional.scaled_dot_product_attention(q[:1, :, 10:40], k[:1, :, 10:40], v[:1, :, 10:40], is_causal=True)
+    assert torch.allclose(out[:1, 10:40].transpose(1, 2), ref, atol=1e-6)
+
+
 def test_padded_unpacked_batch_and_generation_match_sdpa():
     batch = Collator(pad_id=0)(samples([5, 11, 8]))
     assert "attention_mask" in batch  # padding: the sdpa path with its mask

@@ -80,12 +80,16 @@ def packed_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    out = torch.cat([
-        torch.cat([F.scaled_dot_product_attention(query[r:r + 1, :, s:e], key[r:r + 1, :, s:e], value[r:r + 1, :, s:e],
-                                                  dropout_p=dropout, scale=scaling, is_causal=True)
-                   for s, e in row], dim=2)
-        for r, row in enumerate(spans)
-    ])
+    # Split, not slice: the backward of a split concatenates the samples' gradients, while each slice's
+    # backward would allocate a zero-filled tensor the size of the whole row and add it in (a step 1.3x
+    # slower on 2 x 1920-token rows of ~12 samples each).
+    outs = []
+    for q_row, k_row, v_row, row in zip(query.split(1), key.split(1), value.split(1), spans):
+        sizes = [e - s for s, e in row]
+        outs.append(torch.cat([F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True)
+                               for q, k, v in zip(q_row.split(sizes, 2), k_row.split(sizes, 2), v_row.split(sizes, 2))],
+                              dim=2))
+    out = torch.cat(outs)
     return out.transpose(1, 2).contiguous(), None
 
 
