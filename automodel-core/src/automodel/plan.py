@@ -239,6 +239,11 @@ def advice(est: Estimate, cfg: dict[str, Any]) -> list[str]:
         shard = "more ranks for fsdp2 (parameters, gradients and optimizer state are split across them)"
         out.append(shard if "fsdp2" in parallel else "shard the model: parallel: [{name: fsdp2}] on more GPUs "
                    "(parameters, gradients and optimizer state are split across ranks)")
+        fsdp2 = next((p for p in cfg.get("parallel") or [] if isinstance(p, dict) and p.get("name") == "fsdp2"), None)
+        if fsdp2 is not None and est.grad_accum > 1 and not fsdp2.get("reduce_every_micro_batch"):
+            i = cfg["parallel"].index(fsdp2)
+            out.append(f"keep gradients sharded during accumulation: parallel.{i}.reduce_every_micro_batch=true (one "
+                       "reduce-scatter per micro-batch instead of unsharded gradients until the last one)")
         if "lora" not in transforms:
             out.append("train a LoRA adapter instead of every weight: transforms: [{name: lora}] (no full gradients or "
                        "optimizer state)")

@@ -122,3 +122,29 @@ def test_distributed_checks(runs: dict[str, Path], tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
     for name in ("meta_load", "meta_random", "training"):
         assert f"ok {name}" in proc.stdout
+
+
+def test_reduce_every_micro_batch_keeps_gradients_sharded_in_the_plan(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """With 2 micro-batches per step, the default reduces on the last one and each rank holds the whole
+    model's gradients until then; reduce_every_micro_batch keeps them sharded (half per rank at 2 ranks).
+    That the gradients are equal either way is a distributed check (dist_checks.py)."""
+    from automodel import config as config_mod
+    from automodel.estimate import estimate
+    from automodel.plan import advice
+    from automodel.plugins import load_plugins
+
+    plugins = load_plugins()
+    grads = {}
+    for every in (False, True):
+        cfg = make_config(tmp_path / str(every), tiny_model_dir, parallel=[{"name": "fsdp2", "reduce_every_micro_batch": every}],
+                          launcher={"name": "local", "nproc_per_node": 2},
+                          dataset={"name": "mock", "seq_len": 32, "num_samples": 64, "vocab_size": 48},
+                          step_scheduler={"global_batch_size": 8, "local_batch_size": 2, "max_steps": 2})
+        v = config_mod.validate(config_mod.load(str(cfg), []), plugins, world_size=2)
+        est = estimate(v.config, plugins, v.layout, world_size=2)
+        grads[every] = est.breakdown["gradients"]
+        hint = "parallel.0.reduce_every_micro_batch=true"
+        assert (hint in "\n".join(advice(est, v.config))) is (not every)  # offered when it would help
+    # half the gradients per rank, plus (at the peak, in backward) the unsharded gradients of the block being
+    # reduce-scattered: large in a 2-block model, a small share in a real one
+    assert grads[False] / 2 <= grads[True] < 0.75 * grads[False], grads

@@ -27,6 +27,10 @@ class FSDP2:
       ``bfloat16``, ``float16``); ``None`` keeps the parameters' own dtype.
     * ``reshard_after_forward``: free gathered parameters after forward (``True``, default), keep them
       (``False``, faster, more memory), or an int: reshard to that smaller group size.
+    * ``reduce_every_micro_batch``: with gradient accumulation, reduce-scatter the gradients after every
+      micro-batch, so they stay sharded (1/n of them per rank) at the cost of one reduce-scatter per
+      micro-batch. The default (``False``) reduces once per step, on the last micro-batch: one
+      reduce-scatter, but each rank holds the whole model's unsharded gradients until then.
     * ``cpu_offload``: keep sharded parameters, gradients and optimizer state in host memory.
     * ``activation_checkpointing``: recompute each block's activations in backward.
     * ``block_classes``: class names to shard one by one, instead of ``_no_split_modules``.
@@ -42,6 +46,7 @@ class FSDP2:
         reduce_dtype: Literal["float32", "bfloat16", "float16"] | None = None,
         output_dtype: Literal["float32", "bfloat16", "float16"] | None = None,
         reshard_after_forward: bool | int = True,
+        reduce_every_micro_batch: bool = False,
         cpu_offload: bool = False,
         activation_checkpointing: bool = False,
         block_classes: list[str] | None = None,
@@ -55,6 +60,7 @@ class FSDP2:
         self.reduce_dtype = reduce_dtype
         self.output_dtype = output_dtype
         self.reshard_after_forward = reshard_after_forward
+        self.reduce_every_micro_batch = reduce_every_micro_batch
         self.cpu_offload = cpu_offload
         self.activation_checkpointing = activation_checkpointing
         self.block_classes = list(block_classes) if block_classes else None
@@ -105,6 +111,7 @@ class FSDP2:
         ctx.print(
             f"fsdp2: {len(blocks)} blocks + root sharded over {dict(zip(dp_mesh.mesh_dim_names, dp_mesh.shape))}"
             f"{precision}"
+            f"{', gradients reduced every micro-batch' if self.reduce_every_micro_batch else ''}"
             f"{', cpu offload' if self.cpu_offload else ''}{', activation checkpointing' if self.activation_checkpointing else ''}"
         )
         return model
@@ -122,13 +129,13 @@ class FSDP2:
             return mesh[shard]
         return mesh["dp_replicate", shard]  # HSDP: replicate on dim 0, shard on dim 1
 
-    @staticmethod
-    def grad_sync(model: Any, enabled: bool) -> None:
-        """Reduce-scatter gradients on the last micro-batch of a step only (also across HSDP replicas)."""
+    def grad_sync(self, model: Any, enabled: bool) -> None:
+        """Reduce-scatter gradients (also across HSDP replicas) on the last micro-batch of a step only, or
+        on every micro-batch with ``reduce_every_micro_batch``."""
         from torch.distributed.fsdp import FSDPModule
 
         if isinstance(model, FSDPModule):
-            model.set_requires_gradient_sync(enabled)
+            model.set_requires_gradient_sync(enabled or self.reduce_every_micro_batch)
 
 
 class FSDP2Replicate:
