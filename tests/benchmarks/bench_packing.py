@@ -1,6 +1,6 @@
 """Loss-bearing tokens/s on Alpaca-like instruction data: automodel packed / unpacked vs the HF Trainer.
 
-    python tests/benchmarks/bench_packing.py            # 16 steps (3 untimed), 2 interleaved rounds
+    python tests/benchmarks/bench_packing.py            # 16 steps (3 untimed), 4 interleaved rounds
     python tests/benchmarks/bench_packing.py --quick    # 10 steps, 1 round
     python tests/benchmarks/bench_packing.py --contenders packed:sdpa_packed,hf_trainer:sdpa
 
@@ -284,7 +284,7 @@ def step_costs(model_dir: Path, rows: int, length: int, repeats: int) -> dict[st
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=None, help="steps per run, the first 3 untimed (default 16; --quick 10)")
-    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 2; --quick 1)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 4; --quick 1)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--examples", type=int, default=3000)
     ap.add_argument("--contenders", default=DEFAULT)
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         worker_hf_trainer(a)
         return []
     a.steps = a.steps or (10 if a.quick else 16)
-    a.rounds = a.rounds or (1 if a.quick else 2)
+    a.rounds = a.rounds or (1 if a.quick else 4)
     names = [c for c in a.contenders.split(",") if c]
     for c in names:
         mode, _, attn = c.partition(":")
@@ -379,6 +379,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(f"load average (1 min) per round, start/end: {', '.join(f'{x:.1f}/{y:.1f}' for x, y in loads)}; "
           f"per-round label tok/s: " + "; ".join(f"{r['name']} {', '.join(f'{v:,.0f}' for v in r['runs_label_tps'])}"
                                                 for r in rows if "runs_label_tps" in r))
+    # the same ratio round by round (each contender against the Trainer's run of the same round): the
+    # rounds see different machine states, so this is the spread to read a difference against
+    for name, rs in results.items():
+        mode, _, attn = name.partition(":")
+        base = results.get(f"hf_trainer:{attn}") or next((v for k, v in results.items() if k.startswith("hf_trainer:")), None)
+        if mode == "hf_trainer" or not base:
+            continue
+        ratios = [x["ltps"] / b["ltps"] for x, b in zip(rs, base) if "error" not in x and "error" not in b]
+        if ratios:
+            print(f"  {name}: label tok/s / HF Trainer's per round {', '.join(f'{v:.2f}x' for v in ratios)}; "
+                  f"median {statistics.median(ratios):.2f}x, lowest {min(ratios):.2f}x")
     for r in rows:
         if "error" in r:
             print(f"  {r['name']}: {r['error']}")
