@@ -88,6 +88,9 @@ def test_validate_refuses_what_cannot_work(tmp_path: Path, model: Path) -> None:
     assert len(tp) == 1 and "tp" in tp[0][1] and "fsdp2" in tp[0][2]
     twice = validate_compile({}, {"transforms": [{"name": "compile"}, {"name": "compile"}]})
     assert twice and "twice" in twice[0][1]
+    packed = {"model": {"name": "hf", "attn_implementation": "sdpa_packed"}, "transforms": [{"name": "compile"}]}
+    assert [p[0] for p in validate_compile({"fullgraph": True}, packed)] == ["fullgraph"]  # a graph break by design
+    assert validate_compile({}, packed) == []
     # through the CLI: one clear message naming the key, exit 2, before anything is built
     cfg = make_config(tmp_path, model, transforms=[{"name": "compile", "scope": "model"}], parallel=[{"name": "fsdp2"}],
                       launcher={"name": "local", "nproc_per_node": 2})

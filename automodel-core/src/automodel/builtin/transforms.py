@@ -177,6 +177,10 @@ def validate_compile(args: dict[str, Any], config: dict[str, Any] | None = None)
         out.append(("scope", f"a whole-model graph cannot hold {'/'.join(sharding)}'s per-block hooks (all-gathers, "
                     "reduce-scatters): the graph would break at every block, or fail with fullgraph",
                     "use scope: blocks (compile each block, then shard it: the order torch documents for FSDP2)"))
+    if args.get("fullgraph") and (config.get("model") or {}).get("attn_implementation") == "sdpa_packed":
+        out.append(("fullgraph", "cannot hold sdpa_packed attention: it runs eagerly inside the compiled block (its "
+                    "sample boundaries change with every batch), which is a graph break",
+                    "drop fullgraph (the rest of each block is still compiled), or use attn_implementation: sdpa"))
     return out
 
 
