@@ -23,10 +23,18 @@ def opaque(ctx, path: str = "x"):
     raise NotImplementedError
 
 
+def files(ctx, weights: str = "", vocab: str = ""):  # a loader whose tokenizer key is its own
+    raise NotImplementedError
+
+
+files.tokenizer_dir = lambda args: args.get("vocab") or None
+
+
 @hookimpl
 def register_model_loaders(register):
     register("toy", toy)
     register("opaque", opaque)
+    register("files", files)
 '''
 
 
@@ -69,3 +77,20 @@ def test_the_hf_loader_declares_config_and_pretrained(tmp_path: Path, tiny_model
     inline = {"model_type": "llava", "text_config": {"num_attention_heads": 6}}
     assert model_architecture({"name": "hf", "config": inline}, plugins) == {"num_attention_heads": 6}
     assert model_architecture({"name": "hf", "pretrained": "org/hub-id"}, plugins) is None
+
+
+def test_tokenizer_checks_ask_the_loader_where_its_tokenizer_is(plugins, tiny_model_dir, tmp_path) -> None:
+    """The chat dataset's chat-template check reads the tokenizer directory the loader declares
+    (``tokenizer_dir``), whatever the loader calls its keys; a loader that declares none is not checked."""
+    from automodel.architecture import model_tokenizer_dir
+    from automodel.builtin.datasets.conversations import _tokenizer_has_chat_template
+
+    assert model_tokenizer_dir({"name": "files", "vocab": str(tiny_model_dir)}, plugins) == Path(tiny_model_dir)
+    assert model_tokenizer_dir({"name": "files", "vocab": str(tmp_path / "missing")}, plugins) is None  # not a directory
+    assert model_tokenizer_dir({"name": "opaque", "path": str(tiny_model_dir)}, plugins) is None  # declares nothing
+    assert model_tokenizer_dir({"name": "hf", "pretrained": str(tiny_model_dir)}, plugins) == Path(tiny_model_dir)
+    assert model_tokenizer_dir({"name": "hf", "pretrained": str(tiny_model_dir), "tokenizer": "org/hub-id"}, plugins) is None
+    # the tiny tokenizer has no chat template: found through the third-party loader's own key
+    found = _tokenizer_has_chat_template({"model": {"name": "files", "vocab": str(tiny_model_dir)}, "plugins": ["toy_loader"]})
+    assert found == (str(tiny_model_dir), False)
+    assert _tokenizer_has_chat_template({"model": {"name": "opaque", "path": str(tiny_model_dir)}, "plugins": ["toy_loader"]}) is None

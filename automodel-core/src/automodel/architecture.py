@@ -7,6 +7,9 @@ The model loader declares them: its factory's ``model_config(args) -> dict | Non
 ``model:`` section; parallelizers receive the result in ``validate_model(model_cfg, architecture)``
 (tp: heads divisible by the tp size; ep: experts divisible by the ep size), so no plugin reads another
 plugin's config keys. :func:`config_json_fields` is the reader the Hugging Face loaders share.
+
+Likewise the loader declares where its tokenizer files are (``tokenizer_dir(args)``), for checks that read
+them before launch: :func:`model_tokenizer_dir`.
 """
 
 from __future__ import annotations
@@ -39,11 +42,10 @@ def config_json_fields(config: dict[str, Any] | None = None, directory: str | No
     return dict(text) if isinstance(text, dict) else data
 
 
-def model_architecture(model_cfg: Any, plugins: Any) -> dict[str, Any] | None:
-    """The architecture fields the loader of the ``model:`` section ``model_cfg`` declares (its factory's
-    ``model_config``, given the section without ``name``/``_target_``); ``None`` when the loader
-    declares nothing, cannot tell before loading, or the section does not name a loader that resolves
-    (validation reports that itself)."""
+def _declared(model_cfg: Any, plugins: Any, what: str) -> Any:
+    """What the loader of the ``model:`` section ``model_cfg`` declares through its factory's member
+    ``what`` (called with the section without ``name``/``_target_``); ``None`` when it declares
+    nothing or the section does not name a loader that resolves (validation reports that itself)."""
     from automodel.contracts import Factory, member
     from automodel.errors import AutomodelError
     from automodel.registry import import_target
@@ -55,11 +57,38 @@ def model_architecture(model_cfg: Any, plugins: Any) -> dict[str, Any] | None:
         factory = import_target(target) if target else plugins.registry.get("model_loaders", name).resolve()
     except AutomodelError:
         return None
-    read = member(factory, Factory, "model_config")
+    read = member(factory, Factory, what)
     if read is None:
         return None
-    found = read({k: v for k, v in model_cfg.items() if k not in ("name", "_target_")})
+    return read({k: v for k, v in model_cfg.items() if k not in ("name", "_target_")})
+
+
+def model_architecture(model_cfg: Any, plugins: Any) -> dict[str, Any] | None:
+    """The architecture fields the loader of the ``model:`` section ``model_cfg`` declares (its factory's
+    ``model_config``); ``None`` when the loader declares nothing, cannot tell before loading, or the
+    section does not name a loader that resolves."""
+    found = _declared(model_cfg, plugins, "model_config")
     return dict(found) if isinstance(found, dict) else None
+
+
+def model_tokenizer_dir(model_cfg: Any, plugins: Any) -> Path | None:
+    """The local tokenizer directory the loader of the ``model:`` section ``model_cfg`` declares (its
+    factory's ``tokenizer_dir``); ``None`` when the loader declares none, or it is not an existing
+    directory (a hub id)."""
+    found = _declared(model_cfg, plugins, "tokenizer_dir")
+    if not isinstance(found, (str, Path)) or not str(found):
+        return None
+    path = Path(found).expanduser()
+    return path if path.is_dir() else None
+
+
+def local_dir(*candidates: Any) -> str | None:
+    """The first of ``candidates`` that is an existing local directory (a loader's ``tokenizer`` /
+    ``pretrained`` arguments); for model loaders' ``tokenizer_dir``."""
+    for value in candidates:
+        if isinstance(value, str) and value and Path(value).expanduser().is_dir():
+            return value
+    return None
 
 
 def call_validate_model(check: Any, model_cfg: dict[str, Any], plugins: Any) -> Any:

@@ -121,12 +121,18 @@ class Factory(Protocol):
       describe, read without torch, weights or network; ``None`` when that cannot be known before
       loading (a hub id). Parallelizers' ``validate_model`` checks receive it (see
       :func:`automodel.architecture.model_architecture`), so no plugin reads another's config keys.
+    * ``tokenizer_dir(args) -> str | None`` (model loaders): the local directory of the tokenizer files the
+      loader will load for these ``args`` (``tokenizer.json``, ``tokenizer_config.json``, ...), known
+      without loading anything; ``None`` when it is not local (a hub id) or not a directory. Checks
+      that read tokenizer files before launch (distillation's vocabulary comparison, the chat dataset's
+      template check) ask it through :func:`automodel.architecture.model_tokenizer_dir`.
     """
 
     validate_args: Callable[..., list[tuple[str, str, str]]] | None = None
     path_args: Sequence[str] = ()
     export_options: Sequence[ExportOption] = ()
     model_config: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
+    tokenizer_dir: Callable[[dict[str, Any]], str | None] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 

@@ -57,13 +57,14 @@ def _words(option: ExportOption) -> list[str]:
 
 
 def declaration_problems(factory: Any) -> list[str]:
-    """What is wrong with a factory's own ``export_options`` (and ``model_config``) declaration: found when
+    """What is wrong with a factory's own ``export_options`` (and ``model_config`` / ``tokenizer_dir``) declaration: found when
     the factory is resolved (``automodel plugins --check``, the conformance kit, any run), so a plugin
     author sees it at once. Clashes between two components are :func:`export_options_of`'s."""
     out = []
-    read = member(factory, Factory, "model_config")
-    if read is not None and not callable(read):
-        out.append(f"model_config must be a function (args) -> dict | None, got {type(read).__name__}")
+    for name, returns in (("model_config", "dict"), ("tokenizer_dir", "str")):
+        read = member(factory, Factory, name)
+        if read is not None and not callable(read):
+            out.append(f"{name} must be a function (args) -> {returns} | None, got {type(read).__name__}")
     options = member(factory, Factory, "export_options")
     if not isinstance(options, (list, tuple)):
         return [*out, f"export_options must be a tuple of automodel.contracts.ExportOption, got {type(options).__name__}"]

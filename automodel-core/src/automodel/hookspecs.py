@@ -52,7 +52,10 @@ def register_model_loaders(register: Register) -> None:
     sharding. The builtin loader is ``hf``. A factory attribute ``model_config(args) -> dict | None``
     declares the model's architecture (``config.json`` fields) from the section's arguments before
     launch, without torch or network (``None``: not known before loading); parallelizers'
-    ``validate_model`` checks receive it, so none reads the loader's keys.
+    ``validate_model`` checks receive it, so none reads the loader's keys. A factory attribute
+    ``tokenizer_dir(args) -> str | None`` declares the local directory of the tokenizer files it will
+    load (``None``: not local), for checks that read them before launch (distillation's vocabulary,
+    the chat dataset's template).
     """
 
 

@@ -296,6 +296,17 @@ def _{name}_model_config(args: dict[str, Any]) -> dict[str, Any] | None:
 
 
 {name}_model.model_config = _{name}_model_config  # type: ignore[attr-defined]
+
+
+def _{name}_tokenizer_dir(args: dict[str, Any]) -> str | None:
+    """Where the tokenizer files are, before launch (what distillation's vocabulary check and the chat
+    dataset's template check read): a local ``pretrained`` directory, None for a hub id."""
+    from automodel.architecture import local_dir
+
+    return local_dir(args.get("pretrained"))
+
+
+{name}_model.tokenizer_dir = _{name}_tokenizer_dir  # type: ignore[attr-defined]
 '''),
 }
 

@@ -79,3 +79,39 @@ def test_vocabulary_mismatch_is_reported_before_launch(tmp_path, tiny_model_dir)
     assert "loss.teacher" in out and "vocab_size differs: student 48 vs teacher 50" in out, out
     assert "2 ids map to different tokens" in out and "'a' (student) vs 'b' (teacher)" in out, out
     assert "Traceback" not in out, out
+
+
+TEACHER_LOADER = """
+from automodel import hookimpl
+from automodel.builtin.models import hf
+
+
+def my_teacher(ctx, weights: str):  # a third-party loader with keys of its own
+    return hf(ctx, pretrained=weights)
+
+
+my_teacher.model_config = lambda args: hf.model_config({"pretrained": args.get("weights")})
+my_teacher.tokenizer_dir = lambda args: args.get("weights")
+
+
+@hookimpl
+def register_model_loaders(register):
+    register("my_teacher", my_teacher)
+"""
+
+
+def test_vocabulary_check_reads_what_a_third_party_loader_declares(tmp_path, tiny_model_dir):
+    """The teacher's tokenizer is found where its loader says (``tokenizer_dir``), not under the hf
+    loader's keys: a teacher loaded by another plugin is checked the same way."""
+    teacher = tiny_model(tmp_path / "teacher")
+    tok = json.loads((teacher / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    vocab["a"], vocab["b"] = vocab["b"], vocab["a"]
+    (teacher / "tokenizer.json").write_text(json.dumps(tok))
+    (tmp_path / "teacher_loader.py").write_text(TEACHER_LOADER)
+    cfg = kd_config(tmp_path, tiny_model_dir, loss={**kd_loss(teacher), "teacher": {"name": "my_teacher", "weights": str(teacher)}},
+                    plugins=["teacher_loader"])
+    proc = run_cli("validate", cfg, cwd=tmp_path, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "loss.teacher" in out and "2 ids map to different tokens" in out, out
+    assert "Traceback" not in out, out

@@ -19,13 +19,6 @@ HINT = ("distillation compares the two models' distributions token id by token i
         "teacher's tokenizer (model.tokenizer) and vocab_size")
 
 
-def _local_dir(value: Any) -> Path | None:
-    if not isinstance(value, str) or not value:
-        return None
-    path = Path(value).expanduser()
-    return path if path.is_dir() else None
-
-
 def model_vocab_size(section: dict[str, Any], plugins: Any) -> int | None:
     """The ``vocab_size`` of a model section, as its loader declares the architecture before launch
     (the loader factory's ``model_config``: :func:`automodel.architecture.model_architecture`); None
@@ -34,12 +27,6 @@ def model_vocab_size(section: dict[str, Any], plugins: Any) -> int | None:
 
     size = (model_architecture(section, plugins) or {}).get("vocab_size")
     return int(size) if isinstance(size, int) and not isinstance(size, bool) else None
-
-
-def tokenizer_dir(section: dict[str, Any]) -> Path | None:
-    """The local tokenizer directory of a Hugging Face style loader section (``tokenizer`` or
-    ``pretrained``); loaders declare no tokenizer location, so this reads the hf loaders' keys."""
-    return _local_dir(section.get("tokenizer")) or _local_dir(section.get("pretrained"))
 
 
 def tokenizer_vocab(directory: Path) -> dict[int, str] | str | None:
@@ -103,7 +90,9 @@ def vocabulary_problems(student: dict[str, Any], teacher: dict[str, Any], plugin
     s_size, t_size = model_vocab_size(student, plugins), model_vocab_size(teacher, plugins)
     if s_size is not None and t_size is not None and s_size != t_size:
         out.append((f"vocab_size differs: student {s_size} vs teacher {t_size} (the model configs their loaders declare)", HINT))
-    s_dir, t_dir = tokenizer_dir(student), tokenizer_dir(teacher)
+    from automodel.architecture import model_tokenizer_dir
+
+    s_dir, t_dir = model_tokenizer_dir(student, plugins), model_tokenizer_dir(teacher, plugins)
     if s_dir is not None and t_dir is not None and s_dir.resolve() != t_dir.resolve():
         s_vocab, t_vocab = tokenizer_vocab(s_dir), tokenizer_vocab(t_dir)
         if s_vocab is not None and t_vocab is not None:

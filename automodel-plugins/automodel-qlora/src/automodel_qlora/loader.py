@@ -265,6 +265,14 @@ def _model_config(args: dict[str, Any]) -> dict[str, Any] | None:
     return config_json_fields(None, args.get("pretrained"))
 
 
+def _tokenizer_dir(args: dict[str, Any]) -> str | None:
+    """The tokenizer the loader loads: ``tokenizer``, else ``pretrained`` (when a local directory)."""
+    from automodel.architecture import local_dir
+
+    return local_dir(args.get("tokenizer") or args.get("pretrained"))
+
+
 hf_quantized.validate_args = validate_args  # type: ignore[attr-defined]
 hf_quantized.path_args = ("pretrained", "tokenizer")  # type: ignore[attr-defined]
 hf_quantized.model_config = _model_config  # type: ignore[attr-defined]
+hf_quantized.tokenizer_dir = _tokenizer_dir  # type: ignore[attr-defined]

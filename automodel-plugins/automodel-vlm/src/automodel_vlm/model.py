@@ -286,6 +286,14 @@ def _model_config(args: dict[str, Any]) -> dict[str, Any] | None:
     return config_json_fields(args.get("config"), args.get("pretrained"))
 
 
+def _tokenizer_dir(args: dict[str, Any]) -> str | None:
+    """The processor's directory (its tokenizer files): ``processor``, else ``pretrained`` (when local)."""
+    from automodel.architecture import local_dir
+
+    return local_dir(args.get("processor") or args.get("pretrained"))
+
+
 hf_vlm.validate_args = _validate  # type: ignore[attr-defined]
 hf_vlm.path_args = ("pretrained", "processor")  # type: ignore[attr-defined]
 hf_vlm.model_config = _model_config  # type: ignore[attr-defined]
+hf_vlm.tokenizer_dir = _tokenizer_dir  # type: ignore[attr-defined]

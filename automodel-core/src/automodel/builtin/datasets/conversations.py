@@ -82,19 +82,20 @@ def _clean_messages(row_messages: Any, system_prompt: str | None) -> list[dict[s
 
 
 def _tokenizer_has_chat_template(config: dict[str, Any]) -> tuple[str, bool] | None:
-    """(tokenizer directory, whether it has a chat template) for a local tokenizer named by the model
-    section, read from its files without loading it; None when that cannot be known cheaply."""
-    model = (config or {}).get("model") or {}
-    source = model.get("tokenizer") or model.get("pretrained")
-    if not isinstance(source, str):
-        return None
-    d = Path(source).expanduser()
-    if not (d / "tokenizer_config.json").is_file():
+    """(tokenizer directory, whether it has a chat template) for the local tokenizer the model loader
+    declares (its ``tokenizer_dir``), read from its files without loading it; None when that cannot be
+    known cheaply (a hub id, a loader that declares no tokenizer directory)."""
+    from automodel.architecture import model_tokenizer_dir
+    from automodel.plugins import load_plugins
+
+    plugins = load_plugins([m for m in config.get("plugins") or [] if isinstance(m, str)])
+    d = model_tokenizer_dir(config.get("model"), plugins)
+    if d is None or not (d / "tokenizer_config.json").is_file():
         return None
     if (d / "chat_template.jinja").is_file() or (d / "chat_template.json").is_file():
-        return source, True
+        return str(d), True
     try:
-        return source, bool(json.loads((d / "tokenizer_config.json").read_text()).get("chat_template"))
+        return str(d), bool(json.loads((d / "tokenizer_config.json").read_text()).get("chat_template"))
     except (OSError, ValueError):
         return None
 
