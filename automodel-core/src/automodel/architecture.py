@@ -82,13 +82,16 @@ def model_tokenizer_dir(model_cfg: Any, plugins: Any) -> Path | None:
     return path if path.is_dir() else None
 
 
-def local_dir(*candidates: Any) -> str | None:
-    """The first of ``candidates`` that is an existing local directory (a loader's ``tokenizer`` /
-    ``pretrained`` arguments); for model loaders' ``tokenizer_dir``."""
-    for value in candidates:
-        if isinstance(value, str) and value and Path(value).expanduser().is_dir():
-            return value
-    return None
+def local_dir(value: Any) -> str | None:
+    """``value`` if it is an existing local directory (not a hub id), else None; for model loaders'
+    ``tokenizer_dir``."""
+    return value if isinstance(value, str) and value and Path(value).expanduser().is_dir() else None
+
+
+def hf_tokenizer_dir(args: dict[str, Any]) -> str | None:
+    """``tokenizer_dir`` of the Hugging Face loaders that load ``AutoTokenizer.from_pretrained(tokenizer or
+    pretrained)`` (``hf``, ``hf_quantized``): that source, when it is a local directory."""
+    return local_dir(args.get("tokenizer") or args.get("pretrained"))
 
 
 def call_validate_model(check: Any, model_cfg: dict[str, Any], plugins: Any) -> Any:

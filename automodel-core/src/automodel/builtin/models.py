@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+from automodel.architecture import hf_tokenizer_dir
 from automodel.errors import AutomodelError, did_you_mean
 from automodel.weights import init_weights
 
@@ -162,14 +163,7 @@ def _hf_model_config(args: dict[str, Any]) -> dict[str, Any] | None:
     return config_json_fields(args.get("config"), args.get("pretrained"))
 
 
-def _hf_tokenizer_dir(args: dict[str, Any]) -> str | None:
-    """The tokenizer the loader loads: ``tokenizer``, else ``pretrained`` (when a local directory)."""
-    from automodel.architecture import local_dir
-
-    return local_dir(args.get("tokenizer") or args.get("pretrained"))
-
-
 hf.validate_args = _hf_validate  # type: ignore[attr-defined]
 hf.path_args = ("pretrained", "tokenizer")  # type: ignore[attr-defined]
 hf.model_config = _hf_model_config  # type: ignore[attr-defined]
-hf.tokenizer_dir = _hf_tokenizer_dir  # type: ignore[attr-defined]
+hf.tokenizer_dir = hf_tokenizer_dir  # type: ignore[attr-defined]

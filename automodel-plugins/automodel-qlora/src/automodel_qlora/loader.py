@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+from automodel.architecture import hf_tokenizer_dir
 from automodel.errors import AutomodelError
 
 from automodel_qlora.backends import BACKENDS, import_problem, install_hint, quantize_linears_nf4
@@ -265,14 +266,7 @@ def _model_config(args: dict[str, Any]) -> dict[str, Any] | None:
     return config_json_fields(None, args.get("pretrained"))
 
 
-def _tokenizer_dir(args: dict[str, Any]) -> str | None:
-    """The tokenizer the loader loads: ``tokenizer``, else ``pretrained`` (when a local directory)."""
-    from automodel.architecture import local_dir
-
-    return local_dir(args.get("tokenizer") or args.get("pretrained"))
-
-
 hf_quantized.validate_args = validate_args  # type: ignore[attr-defined]
 hf_quantized.path_args = ("pretrained", "tokenizer")  # type: ignore[attr-defined]
 hf_quantized.model_config = _model_config  # type: ignore[attr-defined]
-hf_quantized.tokenizer_dir = _tokenizer_dir  # type: ignore[attr-defined]
+hf_quantized.tokenizer_dir = hf_tokenizer_dir  # type: ignore[attr-defined]
